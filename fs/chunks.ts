@@ -1,0 +1,271 @@
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, open, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { StoreError } from './errors.js';
+import type { MetaDB } from './meta.js';
+
+/**
+ * File content lives in chunks of at most CHUNK_SIZE bytes, one backing file each.
+ *
+ * - A **sealed** chunk is named by the sha256 of its bytes (64 hex digits) and never changes,
+ *   so identical content is stored once however many layers hold it.
+ * - A **mutable** chunk (`w<n>`) holds bytes written through a writable layer. It is written in
+ *   place only while exactly one inode record references it; a shared one is copied first.
+ *
+ * Every chunk is reference-counted in the metadata (`r/<ref>`), in the same transactions as the
+ * records that point at it. When a count reaches zero the chunk is queued (`u/<ref>`) and its file
+ * removed after that state is committed, so a crash can only leave an unreferenced file behind,
+ * never a reference to a missing one. Chunks an apply is still writing are pinned in memory.
+ */
+
+const run = promisify(execFile);
+const MAX_HANDLES = 256;
+/** Past this many files, one syncfs of the backing filesystem beats an fsync per file. */
+const SYNCFS_THRESHOLD = 32;
+
+interface Handle {
+  fh: FileHandle;
+  users: number;
+}
+
+export function isSealed(ref: string): boolean {
+  return ref.length === 64;
+}
+
+export function sha256(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+export class ChunkStore {
+  /** Bytes written to chunk files since open, copy-ups included. */
+  bytesWritten = 0;
+  private readonly handles = new Map<string, Promise<Handle>>();
+  private readonly pins = new Map<string, number>();
+  private readonly unlinking = new Map<string, Promise<void>>();
+  private readonly writing = new Map<string, Promise<void>>();
+  private readonly unsyncedMutable = new Set<string>();
+
+  private constructor(
+    private readonly dir: string,
+    private readonly meta: MetaDB,
+  ) {}
+
+  static async open(dir: string, meta: MetaDB): Promise<ChunkStore> {
+    await mkdir(join(dir, 'mutable'), { recursive: true });
+    for (let i = 0; i < 256; i++) {
+      await mkdir(join(dir, 'sealed', i.toString(16).padStart(2, '0')), { recursive: true });
+    }
+    const store = new ChunkStore(dir, meta);
+    // Finish removals a crash interrupted.
+    for (const [ref] of meta.scan<number>('u')) store.reap(ref);
+    return store;
+  }
+
+  path(ref: string): string {
+    return isSealed(ref)
+      ? join(this.dir, 'sealed', ref.slice(0, 2), ref)
+      : join(this.dir, 'mutable', ref);
+  }
+
+  count(ref: string): number {
+    return this.meta.get<number>(`r/${ref}`) ?? 0;
+  }
+
+  /** Reads into `out`; bytes past the end of the chunk file read as zeros. */
+  async read(ref: string, offset: number, out: Buffer): Promise<void> {
+    await this.withHandle(ref, async (fh) => {
+      let done = 0;
+      while (done < out.length) {
+        const { bytesRead } = await fh.read(out, done, out.length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      out.fill(0, done);
+    });
+  }
+
+  /** A new, empty mutable chunk holding one reference. */
+  async createMutable(): Promise<string> {
+    const n = (this.meta.get<number>('m/chunk') ?? 0) + 1;
+    this.meta.put('m/chunk', n);
+    const ref = `w${n}`;
+    // 'w+' truncates a file a crash may have left under a number that was handed out again.
+    const fh = await open(this.path(ref), 'w+');
+    this.handles.set(ref, Promise.resolve({ fh, users: 0 }));
+    this.meta.addRef(ref, 1);
+    this.trimHandles();
+    return ref;
+  }
+
+  async write(ref: string, offset: number, data: Uint8Array): Promise<void> {
+    await this.withHandle(ref, async (fh) => {
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await fh.write(data, done, data.length - done, offset + done);
+        done += bytesWritten;
+      }
+    });
+    this.bytesWritten += data.length;
+    this.unsyncedMutable.add(ref);
+  }
+
+  async truncate(ref: string, length: number): Promise<void> {
+    await this.withHandle(ref, (fh) => fh.truncate(length));
+    this.unsyncedMutable.add(ref);
+  }
+
+  /** A mutable copy of the first `length` bytes of `src` (`''` is a hole). */
+  async copyToMutable(src: string, length: number): Promise<string> {
+    const ref = await this.createMutable();
+    if (src !== '' && length > 0) {
+      const buf = Buffer.allocUnsafe(length);
+      await this.read(src, 0, buf);
+      await this.write(ref, 0, buf);
+    }
+    return ref;
+  }
+
+  /**
+   * Makes sure the sealed chunk `hash` exists with `data`, and pins it until `unpin`. Writes
+   * nothing when the store already holds it. Returns the bytes written.
+   */
+  async storeSealed(hash: string, data: Uint8Array): Promise<number> {
+    this.pin(hash);
+    const removing = this.unlinking.get(hash);
+    if (removing) await removing;
+    const inProgress = this.writing.get(hash);
+    if (inProgress) {
+      await inProgress;
+      return 0;
+    }
+    if (this.count(hash) > 0 || this.meta.get(`u/${hash}`) !== undefined) return 0;
+    const write = writeFile(this.path(hash), data);
+    this.writing.set(hash, write);
+    try {
+      await write;
+    } finally {
+      this.writing.delete(hash);
+    }
+    this.bytesWritten += data.length;
+    return data.length;
+  }
+
+  pin(ref: string): void {
+    this.pins.set(ref, (this.pins.get(ref) ?? 0) + 1);
+  }
+
+  unpin(ref: string): void {
+    const n = (this.pins.get(ref) ?? 0) - 1;
+    if (n > 0) {
+      this.pins.set(ref, n);
+      return;
+    }
+    this.pins.delete(ref);
+    if (this.count(ref) === 0) this.released(ref);
+  }
+
+  /** Called when a chunk's count reaches zero: remove its file once that is committed. */
+  released(ref: string): void {
+    this.meta.put(`u/${ref}`, 1);
+    this.meta.onNextCommit(() => this.reap(ref));
+  }
+
+  /** Makes mutable chunks durable (fsync). */
+  async syncMutable(refs: Iterable<string>): Promise<void> {
+    const todo = [...refs].filter((r) => this.unsyncedMutable.has(r));
+    await Promise.all(
+      todo.map(async (ref) => {
+        this.unsyncedMutable.delete(ref);
+        await this.withHandle(ref, (fh) => fh.datasync());
+      }),
+    );
+  }
+
+  /** Makes newly written sealed chunks durable. */
+  async syncSealed(hashes: string[]): Promise<void> {
+    if (hashes.length > SYNCFS_THRESHOLD) {
+      await run('sync', ['-f', this.dir]);
+      return;
+    }
+    await Promise.all(
+      hashes.map(async (hash) => {
+        const fh = await open(this.path(hash), 'r');
+        try {
+          await fh.datasync();
+        } finally {
+          await fh.close();
+        }
+      }),
+    );
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.unlinking.values());
+    const handles = [...this.handles.values()];
+    this.handles.clear();
+    await Promise.all(handles.map(async (h) => (await h).fh.close().catch(() => undefined)));
+  }
+
+  private reap(ref: string): void {
+    if (this.count(ref) > 0 || this.pins.has(ref) || this.unlinking.has(ref)) {
+      if (this.count(ref) > 0 || this.pins.has(ref)) this.meta.del(`u/${ref}`);
+      return;
+    }
+    const removal = (async () => {
+      const cached = this.handles.get(ref);
+      this.handles.delete(ref);
+      if (cached) await (await cached).fh.close().catch(() => undefined);
+      this.unsyncedMutable.delete(ref);
+      await unlink(this.path(ref)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+      // A new reference may have arrived while the file was going; keep the queue entry then.
+      if (this.count(ref) === 0) this.meta.del(`u/${ref}`);
+    })().finally(() => this.unlinking.delete(ref));
+    this.unlinking.set(ref, removal);
+  }
+
+  private async withHandle<T>(ref: string, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    let pending = this.handles.get(ref);
+    if (pending) {
+      // Keep recently used handles at the end of the map, which is the eviction order.
+      this.handles.delete(ref);
+      this.handles.set(ref, pending);
+    } else {
+      pending = open(this.path(ref), isSealed(ref) ? 'r' : 'r+').then((fh) => ({ fh, users: 0 }));
+      this.handles.set(ref, pending);
+      this.trimHandles();
+    }
+    let handle: Handle;
+    try {
+      handle = await pending;
+    } catch (err) {
+      if (this.handles.get(ref) === pending) this.handles.delete(ref);
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new StoreError('LCFS_ESTORE_CORRUPT', 'EIO', `chunk ${ref} cannot be opened: ${code}`);
+    }
+    // Evicted and closed while we waited: open it again.
+    if (this.handles.get(ref) !== pending) return this.withHandle(ref, fn);
+    handle.users++;
+    try {
+      return await fn(handle.fh);
+    } finally {
+      handle.users--;
+    }
+  }
+
+  private trimHandles(): void {
+    let excess = this.handles.size - MAX_HANDLES;
+    for (const [ref, pending] of this.handles) {
+      if (excess-- <= 0) break;
+      void pending.then((h) => {
+        if (h.users === 0 && this.handles.get(ref) === pending) {
+          this.handles.delete(ref);
+          void h.fh.close().catch(() => undefined);
+        }
+      });
+    }
+  }
+}

@@ -1,0 +1,4 @@
+export { CHUNK_SIZE, type LayerStore } from './layer-store.js';
+export { openLayerStore, type OpenOptions } from './store.js';
+export { StoreError, isStoreError, type Errno, type StoreErrorCode } from './errors.js';
+export * from './types.js';
