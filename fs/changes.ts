@@ -222,6 +222,7 @@ export function diffTar(tree: LayerTree, data: FileData, changes: Change[]): Rea
         header.size = rec.size;
       }
       yield encodeHeader(header);
+      if (header.size > 0) await data.seal(tree, ino);
       for (let at = 0; at < header.size; at += CHUNK_SIZE) {
         const part = await data.read(tree, ino, at, Math.min(CHUNK_SIZE, header.size - at));
         if (part.length !== Math.min(CHUNK_SIZE, header.size - at)) throw new Error(`${change.path} changed size during diff`);

@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, open, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { StoreError } from './errors.js';
@@ -22,6 +23,8 @@ import type { MetaDB } from './meta.js';
 
 const run = promisify(execFile);
 const MAX_HANDLES = 256;
+/** Mirrors CHUNK_SIZE; kept here so the chunk layer does not depend on the store's API module. */
+const CHUNK_LIMIT = 1 << 20;
 /** Past this many files, one syncfs of the backing filesystem beats an fsync per file. */
 const SYNCFS_THRESHOLD = 32;
 
@@ -91,10 +94,11 @@ export class ChunkStore {
     const n = (this.meta.get<number>('m/chunk') ?? 0) + 1;
     this.meta.put('m/chunk', n);
     const ref = `w${n}`;
+    this.meta.addRef(ref, 1); // before the file exists, so the orphan sweep leaves it be
     // 'w+' truncates a file a crash may have left under a number that was handed out again.
-    const fh = await open(this.path(ref), 'w+');
-    this.handles.set(ref, Promise.resolve({ fh, users: 0 }));
-    this.meta.addRef(ref, 1);
+    const opening = open(this.path(ref), 'w+').then((fh) => ({ fh, users: 0 }));
+    this.handles.set(ref, opening);
+    await opening;
     this.trimHandles();
     return ref;
   }
@@ -116,14 +120,18 @@ export class ChunkStore {
     this.unsyncedMutable.add(ref);
   }
 
-  /** A mutable copy of the first `length` bytes of `src` (`''` is a hole). */
-  async copyToMutable(src: string, length: number): Promise<string> {
+  /**
+   * A mutable copy of the first `length` bytes of `src` (`''` is a hole), with `patch` written
+   * over it, in one write: a 4 KiB change to a shared chunk costs one chunk, not one plus 4 KiB.
+   */
+  async copyToMutable(src: string, length: number, patch?: { offset: number; data: Uint8Array }): Promise<string> {
     const ref = await this.createMutable();
-    if (src !== '' && length > 0) {
-      const buf = Buffer.allocUnsafe(length);
-      await this.read(src, 0, buf);
-      await this.write(ref, 0, buf);
-    }
+    const end = Math.max(length, patch ? patch.offset + patch.data.length : 0);
+    if (end === 0) return ref;
+    const buf = Buffer.alloc(end);
+    if (src !== '' && length > 0) await this.read(src, 0, buf.subarray(0, length));
+    if (patch) buf.set(patch.data, patch.offset);
+    await this.write(ref, 0, buf);
     return ref;
   }
 
@@ -150,6 +158,40 @@ export class ChunkStore {
     }
     this.bytesWritten += data.length;
     return data.length;
+  }
+
+  /**
+   * Seals a mutable chunk that will not be written again: its bytes get their hash as a name,
+   * by a hard link rather than a copy, or are dropped for the copy the store already holds.
+   * Returns the hash, pinned until `unpin`; the caller swaps the reference in its record.
+   */
+  async seal(ref: string): Promise<string> {
+    const buf = Buffer.allocUnsafe(CHUNK_LIMIT);
+    let length = 0;
+    await this.withHandle(ref, async (fh) => {
+      const { size } = await fh.stat();
+      length = Math.min(size, CHUNK_LIMIT);
+      await this.read(ref, 0, buf.subarray(0, length));
+    });
+    const data = buf.subarray(0, length);
+    const hash = sha256(data);
+    this.pin(hash);
+    const removing = this.unlinking.get(hash);
+    if (removing) await removing;
+    const inProgress = this.writing.get(hash);
+    if (inProgress) await inProgress;
+    else if (this.count(hash) === 0 && this.meta.get(`u/${hash}`) === undefined) {
+      // Link under a temporary name, then rename over whatever a crash may have left.
+      const tmp = `${this.path(hash)}.${process.pid}.tmp`;
+      const linking = link(this.path(ref), tmp).then(() => rename(tmp, this.path(hash)));
+      this.writing.set(hash, linking);
+      try {
+        await linking;
+      } finally {
+        this.writing.delete(hash);
+      }
+    }
+    return hash;
   }
 
   pin(ref: string): void {
@@ -199,6 +241,31 @@ export class ChunkStore {
         }
       }),
     );
+  }
+
+  /**
+   * Removes chunk files nothing references: what a crash left between writing a chunk and
+   * committing the record that would have used it. Runs in slices beside normal work.
+   */
+  async sweepOrphans(): Promise<number> {
+    let removed = 0;
+    let seen = 0;
+    const dirs = [join(this.dir, 'mutable')];
+    for (let i = 0; i < 256; i++) dirs.push(join(this.dir, 'sealed', i.toString(16).padStart(2, '0')));
+    for (const dir of dirs) {
+      for (const name of await readdir(dir)) {
+        if (++seen % 1000 === 0) await yieldToLoop();
+        const mine = name.endsWith(`.${process.pid}.tmp`);
+        const orphan = name.endsWith('.tmp')
+          ? !mine
+          : this.count(name) === 0 && !this.pins.has(name) && !this.writing.has(name) &&
+            !this.unlinking.has(name) && this.meta.get(`u/${name}`) === undefined;
+        if (!orphan) continue;
+        await unlink(join(dir, name)).catch(() => undefined);
+        removed++;
+      }
+    }
+    return removed;
   }
 
   async close(): Promise<void> {

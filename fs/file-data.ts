@@ -13,7 +13,11 @@ import type { LayerTree } from './tree.js';
 export class FileData {
   private readonly locks = new Map<string, Promise<void>>();
 
-  constructor(private readonly chunks: ChunkStore) {}
+  constructor(
+    private readonly chunks: ChunkStore,
+    /** Told when sealing rewrote a content record, which caches must not keep. */
+    private readonly contentChanged: () => void,
+  ) {}
 
   async read(tree: LayerTree, ino: number, offset: number, length: number): Promise<Buffer> {
     const rec = tree.inode(ino);
@@ -49,9 +53,10 @@ export class FileData {
         const inChunk = pos - idx * CHUNK_SIZE;
         const n = Math.min(CHUNK_SIZE - inChunk, end - pos);
         const whole = inChunk === 0 && n === CHUNK_SIZE;
-        const ref = await this.writableChunk(tree, ino, idx, whole ? 0 : CHUNK_SIZE);
-        if (ref === undefined) return data.length; // the node was removed meanwhile
-        await this.chunks.write(ref, inChunk, data.subarray(pos - offset, pos - offset + n));
+        const patch = { offset: inChunk, data: data.subarray(pos - offset, pos - offset + n) };
+        const chunk = await this.writableChunk(tree, ino, idx, whole ? 0 : CHUNK_SIZE, patch);
+        if (chunk === undefined) return data.length; // the node was removed meanwhile
+        if (!chunk.patched) await this.chunks.write(chunk.ref, inChunk, patch.data);
         pos += n;
       }
       const cur = tree.findInode(ino);
@@ -75,8 +80,8 @@ export class FileData {
         tree.view.put(contentKey(tree.index, ino), list);
         const tail = size % CHUNK_SIZE;
         if (tail !== 0 && (list[keep - 1] ?? '') !== '') {
-          const ref = await this.writableChunk(tree, ino, keep - 1, tail);
-          if (ref !== undefined) await this.chunks.truncate(ref, tail);
+          const chunk = await this.writableChunk(tree, ino, keep - 1, tail);
+          if (chunk && !chunk.copied) await this.chunks.truncate(chunk.ref, tail);
         }
       }
       const cur = tree.findInode(ino);
@@ -97,16 +102,23 @@ export class FileData {
 
   /**
    * A chunk of `ino` this layer may write in place: a mutable chunk only its own list holds, or
-   * a fresh copy of the first `keep` bytes of the current one. Undefined if the node is gone.
+   * a fresh copy of the first `keep` bytes of the current one with `patch` already written.
+   * Undefined if the node is gone.
    */
-  private async writableChunk(tree: LayerTree, ino: number, idx: number, keep: number): Promise<string | undefined> {
+  private async writableChunk(
+    tree: LayerTree,
+    ino: number,
+    idx: number,
+    keep: number,
+    patch?: { offset: number; data: Uint8Array },
+  ): Promise<{ ref: string; copied: boolean; patched: boolean } | undefined> {
     const key = contentKey(tree.index, ino);
     const before = tree.view.get<ContentRecord>(key);
     if (!before) return undefined;
     const ref = before[idx] ?? '';
-    if (ref !== '' && !isSealed(ref) && this.chunks.count(ref) === 1) return ref;
+    if (ref !== '' && !isSealed(ref) && this.chunks.count(ref) === 1) return { ref, copied: false, patched: false };
     const valid = Math.max(0, Math.min(CHUNK_SIZE, tree.inode(ino).size - idx * CHUNK_SIZE));
-    const fresh = await this.chunks.copyToMutable(ref, Math.min(keep, valid));
+    const fresh = await this.chunks.copyToMutable(ref, Math.min(keep, valid), patch);
     const list = tree.view.get<ContentRecord>(key);
     if (!list) {
       tree.view.addRef(fresh, -1);
@@ -118,7 +130,38 @@ export class FileData {
     next[idx] = fresh;
     if (old !== '') tree.view.addRef(old, -1);
     tree.view.put(key, next);
-    return fresh;
+    return { ref: fresh, copied: true, patched: patch !== undefined };
+  }
+
+  /**
+   * Seals the mutable chunks of `ino`'s content in the layer that holds it, so that a diff of
+   * this file, applied again, finds every chunk already stored: the way commit copies no data.
+   */
+  seal(tree: LayerTree, ino: number): Promise<void> {
+    const { owner } = tree.findContent(ino);
+    if (owner < 0) return Promise.resolve();
+    return this.lockedOn(owner, ino, async () => {
+      const key = contentKey(owner, ino);
+      const list = tree.view.get<ContentRecord>(key);
+      if (!list) return;
+      for (let idx = 0; idx < list.length; idx++) {
+        const ref = list[idx];
+        if (ref === '' || isSealed(ref)) continue;
+        const hash = await this.chunks.seal(ref);
+        try {
+          const now = tree.view.get<ContentRecord>(key);
+          if (!now || now[idx] !== ref) continue; // changed meanwhile; leave it
+          const next = [...now];
+          next[idx] = hash;
+          tree.view.addRef(hash, 1);
+          tree.view.put(key, next);
+          tree.view.addRef(ref, -1);
+          this.contentChanged();
+        } finally {
+          this.chunks.unpin(hash);
+        }
+      }
+    });
   }
 
   /** Resolves once no write or truncate on layer `index` is in flight. */
@@ -127,8 +170,12 @@ export class FileData {
     await Promise.all([...this.locks].filter(([key]) => key.startsWith(prefix)).map(([, tail]) => tail));
   }
 
-  private async locked<T>(tree: LayerTree, ino: number, fn: () => Promise<T>): Promise<T> {
-    const key = `${tree.index}/${ino}`;
+  private locked<T>(tree: LayerTree, ino: number, fn: () => Promise<T>): Promise<T> {
+    return this.lockedOn(tree.index, ino, fn);
+  }
+
+  private async lockedOn<T>(index: number, ino: number, fn: () => Promise<T>): Promise<T> {
+    const key = `${index}/${ino}`;
     const prev = this.locks.get(key) ?? Promise.resolve();
     const run = prev.then(fn);
     const tail = run.then(

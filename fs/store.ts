@@ -9,6 +9,7 @@ import { ChunkStore } from './chunks.js';
 import { AccessLog } from './access-log.js';
 import { StoreError } from './errors.js';
 import { FileData } from './file-data.js';
+import { FrozenCache } from './frozen-cache.js';
 import type { LayerStore } from './layer-store.js';
 import { MetaDB, StagedView } from './meta.js';
 import {
@@ -39,7 +40,7 @@ export async function openLayerStore(opts: OpenOptions): Promise<LayerStore> {
   const chunks = await ChunkStore.open(join(opts.dir, 'chunks'), meta);
   meta.onRefZero = (ref) => chunks.released(ref);
   const store = new LocalLayerStore(opts.dir, meta, chunks, opts.logger);
-  store.resumePurges();
+  store.startUpkeep();
   return store;
 }
 
@@ -54,6 +55,7 @@ class LocalLayerStore implements LayerStore {
   private readonly background = new Set<Promise<void>>();
   private readonly data: FileData;
   private readonly access = new AccessLog();
+  private readonly cache = new FrozenCache();
   private closed = false;
 
   constructor(
@@ -62,7 +64,7 @@ class LocalLayerStore implements LayerStore {
     private readonly chunks: ChunkStore,
     private readonly log?: Logger,
   ) {
-    this.data = new FileData(chunks);
+    this.data = new FileData(chunks, () => this.cache.contentChanged());
     for (const [, rec] of meta.scan<LayerRecord>('l')) this.remember(rec);
   }
 
@@ -338,7 +340,7 @@ class LocalLayerStore implements LayerStore {
     this.applying.add(id);
     try {
       const staged = new StagedView(this.meta);
-      const tree = new LayerTree(rec, live.chain, staged, () => this.next('m/ino'));
+      const tree = new LayerTree(rec, live.chain, staged, this.cache, () => this.next('m/ino'));
       const result = await applyTar(tree, this.chunks, tar);
       try {
         await this.chunks.syncSealed(result.written);
@@ -379,9 +381,14 @@ class LocalLayerStore implements LayerStore {
     await this.chunks.close();
   }
 
-  /** Finishes purges a crash interrupted. */
-  resumePurges(): void {
+  /** Finishes what a crash interrupted: purges of removed layers, and unreferenced chunks. */
+  startUpkeep(): void {
     for (const [index] of this.meta.scan('p')) this.runInBackground(this.purge(Number(index)));
+    this.runInBackground(
+      this.chunks.sweepOrphans().then((n) => {
+        if (n > 0) this.log?.info({ removed: n }, 'removed unreferenced chunk files');
+      }),
+    );
   }
 
   // --- internals ---
@@ -405,7 +412,7 @@ class LocalLayerStore implements LayerStore {
       for (let at: LayerRecord | undefined = rec; at; at = at.parent ? this.layers.get(at.parent) : undefined) {
         chain.push(at.index);
       }
-      tree = new LayerTree(rec, chain, this.meta, () => this.next('m/ino'));
+      tree = new LayerTree(rec, chain, this.meta, this.cache, () => this.next('m/ino'));
       this.trees.set(id, tree);
     }
     return tree;

@@ -1,4 +1,5 @@
 import { nodeError, StoreError } from './errors.js';
+import type { FrozenCache } from './frozen-cache.js';
 import type { MetaView } from './meta.js';
 import {
   contentKey,
@@ -27,13 +28,19 @@ const NAME_MAX = 255;
  * to the layer's own records. File content is handled by FileData on top of this.
  */
 export class LayerTree {
+  /** Chain positions from here on are frozen, and their walks cached. */
+  private readonly firstFrozen: number;
+
   constructor(
     readonly layer: LayerRecord,
     /** Layer indices from this layer up to its base. */
     readonly chain: readonly number[],
     readonly view: MetaView,
+    private readonly cache: FrozenCache,
     private readonly allocIno: () => number,
-  ) {}
+  ) {
+    this.firstFrozen = layer.state === 'frozen' ? 0 : 1;
+  }
 
   get index(): number {
     return this.layer.index;
@@ -43,11 +50,10 @@ export class LayerTree {
 
   /** The nearest record of `ino` and the layer that holds it. */
   findInode(ino: number): { rec: InodeRecord; owner: number } | undefined {
-    for (const layer of this.chain) {
+    return this.walk(`i|${ino}`, (layer) => {
       const rec = this.view.get<InodeRecord>(inodeKey(layer, ino));
-      if (rec) return { rec, owner: layer };
-    }
-    return undefined;
+      return rec && { rec, owner: layer };
+    });
   }
 
   inode(ino: number): InodeRecord {
@@ -62,20 +68,24 @@ export class LayerTree {
 
   /** The chunk list of a file and the layer that holds it (owner -1: the file has none). */
   findContent(ino: number): { chunks: ContentRecord; owner: number } {
-    for (const layer of this.chain) {
-      const chunks = this.view.get<ContentRecord>(contentKey(layer, ino));
-      if (chunks) return { chunks, owner: layer };
-    }
-    return { chunks: [], owner: -1 };
+    const found = this.walk(
+      (layer) => this.cache.contentKey(layer, ino),
+      (layer) => {
+        const chunks = this.view.get<ContentRecord>(contentKey(layer, ino));
+        return chunks && { chunks, owner: layer };
+      },
+    );
+    return found ?? { chunks: [], owner: -1 };
   }
 
   /** The ino `name` points at in `dir`, or undefined. */
   entry(dir: number, name: string, from = 0): number | undefined {
-    for (let i = from; i < this.chain.length; i++) {
-      const ino = this.view.get<number>(direntKey(this.chain[i], dir, name));
-      if (ino !== undefined) return ino === 0 ? undefined : ino;
-    }
-    return undefined;
+    const ino = this.walk(
+      `d|${dir}|${name}`,
+      (layer) => this.view.get<number>(direntKey(layer, dir, name)),
+      from,
+    );
+    return ino === 0 ? undefined : ino;
   }
 
   /** Whether an ancestor of this layer shows `name` in `dir`. */
@@ -98,14 +108,55 @@ export class LayerTree {
 
   /** The names in `dir` and the inos they point at, whiteouts applied. */
   entries(dir: number): Map<string, number> {
-    const seen = new Map<string, number>();
-    for (const layer of this.chain) {
-      for (const [name, ino] of this.view.scan<number>(direntGroup(layer, dir))) {
-        if (!seen.has(name)) seen.set(name, ino);
+    const merged = new Map<string, number>();
+    for (let i = 0; i < this.chain.length; i++) {
+      if (i >= this.firstFrozen) {
+        const below = this.frozenEntries(i, dir);
+        for (const [name, ino] of below) if (!merged.has(name)) merged.set(name, ino);
+        break;
+      }
+      for (const [name, ino] of this.view.scan<number>(direntGroup(this.chain[i], dir))) {
+        if (!merged.has(name)) merged.set(name, ino);
       }
     }
-    for (const [name, ino] of seen) if (ino === 0) seen.delete(name);
-    return seen;
+    for (const [name, ino] of merged) if (ino === 0) merged.delete(name);
+    return merged;
+  }
+
+  /** Directory entries as seen from frozen chain position `at`, whiteouts kept; cached. */
+  private frozenEntries(at: number, dir: number): ReadonlyMap<string, number> {
+    const key = `e|${this.chain[at]}|${dir}`;
+    const cached = this.cache.get<ReadonlyMap<string, number>>(key);
+    if (cached) return cached;
+    const merged = new Map<string, number>();
+    for (let i = at; i < this.chain.length; i++) {
+      for (const [name, ino] of this.view.scan<number>(direntGroup(this.chain[i], dir))) {
+        if (!merged.has(name)) merged.set(name, ino);
+      }
+    }
+    this.cache.set(key, merged);
+    return merged;
+  }
+
+  /**
+   * Walks the chain from position `from` for the first layer where `probe` finds something.
+   * Below the first frozen layer the answer is cached, keyed by that layer.
+   */
+  private walk<T>(key: string | ((layer: number) => string), probe: (layer: number) => T | undefined, from = 0): T | undefined {
+    for (let i = from; i < this.chain.length; i++) {
+      if (i >= this.firstFrozen) {
+        const k = typeof key === 'string' ? `${key}|${this.chain[i]}` : key(this.chain[i]);
+        const cached = this.cache.get<{ v: T | undefined }>(k);
+        if (cached) return cached.v;
+        let v: T | undefined;
+        for (let j = i; j < this.chain.length && v === undefined; j++) v = probe(this.chain[j]);
+        this.cache.set(k, { v });
+        return v;
+      }
+      const v = probe(this.chain[i]);
+      if (v !== undefined) return v;
+    }
+    return undefined;
   }
 
   readdir(dir: number): DirEntry[] {
@@ -358,10 +409,7 @@ export class LayerTree {
   }
 
   private findInodeAbove(ino: number): boolean {
-    for (let i = 1; i < this.chain.length; i++) {
-      if (this.view.get(inodeKey(this.chain[i], ino))) return true;
-    }
-    return false;
+    return this.walk(`i|${ino}`, (layer) => this.view.get<InodeRecord>(inodeKey(layer, ino)), 1) !== undefined;
   }
 
   /** Whether directory `ancestor` is `dir` or contains it. */
