@@ -59,10 +59,10 @@ export class FileData {
         if (!chunk.patched) await this.chunks.write(chunk.ref, inChunk, patch.data);
         pos += n;
       }
-      const cur = tree.findInode(ino);
-      if (!cur || cur.rec.nlink === 0) return data.length;
+      const cur = tree.live(ino);
+      if (!cur) return data.length;
       const t = now();
-      tree.putInode(ino, { ...cur.rec, size: Math.max(cur.rec.size, end), mtime: t, ctime: t });
+      tree.putInode(ino, { ...cur, size: Math.max(cur.size, end), mtime: t, ctime: t });
       return data.length;
     });
   }
@@ -84,10 +84,10 @@ export class FileData {
           if (chunk && !chunk.copied) await this.chunks.truncate(chunk.ref, tail);
         }
       }
-      const cur = tree.findInode(ino);
-      if (!cur || cur.rec.nlink === 0) return;
+      const cur = tree.live(ino);
+      if (!cur) return;
       const t = now();
-      tree.putInode(ino, { ...cur.rec, size, mtime: t, ctime: t });
+      tree.putInode(ino, { ...cur, size, mtime: t, ctime: t });
     });
   }
 

@@ -53,6 +53,8 @@ export interface LayerStore {
   removeLayer(id: string): Promise<void>;
   freeze(id: string): Promise<void>;
   exists(id: string): boolean;
+  /** The layer with this index, if any: how FUSE maps its node ids back to layers. */
+  layerAt(index: number): LayerInfo | undefined;
   layer(id: string): LayerInfo;
   listLayers(): LayerInfo[];
   /** Takes a reference (a mount, in engine terms); returns the new count. */
@@ -69,6 +71,9 @@ export interface LayerStore {
   getattr(id: string, ino: number): Attr;
   readdir(id: string, dir: number): DirEntry[];
   readlink(id: string, ino: number): string;
+  /** Counts an open handle: a file unlinked while open stays readable until its `release`. */
+  open(id: string, ino: number): void;
+  release(id: string, ino: number): void;
   read(id: string, ino: number, offset: number, length: number): Promise<Buffer>;
   write(id: string, ino: number, offset: number, data: Buffer): Promise<number>;
   create(id: string, dir: number, name: string, mode: number, caller: Caller): Attr;

@@ -11,6 +11,7 @@ import type { Attr, LayerState, Timespec } from './types.js';
  *   r/<chunk>                reference count of a chunk
  *   u/<chunk>                a chunk whose file is due for removal
  *   p/<layer>                a removed layer whose records are still being purged
+ *   o/<layer>/<ino>          an unlinked file still open, to be dropped at its release
  *   m/ino, m/layer, m/chunk  the last number handed out of each kind
  *
  * `<layer>` is the layer's small index, not its id, to keep keys short.
@@ -52,6 +53,7 @@ export const direntGroup = (layer: number, dir: number): string => `d/${layer}/$
 export const direntKey = (layer: number, dir: number, name: string): string =>
   `d/${layer}/${dir}/${name}`;
 export const layerKey = (id: string): string => `l/${id}`;
+export const orphanKey = (layer: number, ino: number): string => `o/${layer}/${ino}`;
 
 export const S_IFMT = 0o170000;
 export const S_IFSOCK = 0o140000;

@@ -22,7 +22,7 @@ import {
   type ContentRecord,
   type LayerRecord,
 } from './records.js';
-import { checkName, LayerTree } from './tree.js';
+import { checkName, LayerTree, type TreeContext } from './tree.js';
 import type { AccessCounters, Attr, AttrChange, Caller, Change, DirEntry, LayerInfo, StoreStatfs } from './types.js';
 
 export interface OpenOptions {
@@ -56,6 +56,14 @@ class LocalLayerStore implements LayerStore {
   private readonly data: FileData;
   private readonly access = new AccessLog();
   private readonly cache = new FrozenCache();
+  private readonly byIndex = new Map<number, string>();
+  /** Open handles per `<layer index>/<ino>`; an unlinked file lives until its count is zero. */
+  private readonly openFiles = new Map<string, number>();
+  private readonly treeContext: TreeContext = {
+    cache: this.cache,
+    allocIno: () => this.next('m/ino'),
+    isOpen: (layer, ino) => this.openFiles.has(`${layer}/${ino}`),
+  };
   private closed = false;
 
   constructor(
@@ -75,7 +83,7 @@ class LocalLayerStore implements LayerStore {
   // --- layers ---
 
   async createLayer(id: string, parent: string | null): Promise<LayerInfo> {
-    this.open();
+    this.assertOpen();
     checkLayerId(id);
     if (this.layers.has(id)) throw new StoreError('LCFS_ELAYER_EXISTS', 'EEXIST', `layer ${id} already exists`);
     let depth = 0;
@@ -115,7 +123,7 @@ class LocalLayerStore implements LayerStore {
   }
 
   async freeze(id: string): Promise<void> {
-    this.open();
+    this.assertOpen();
     const rec = this.record(id);
     if (rec.state === 'frozen') return;
     if (this.applying.has(id)) throw new StoreError('LCFS_ELAYER_IN_USE', 'EBUSY', `layer ${id} is being applied to`);
@@ -128,7 +136,7 @@ class LocalLayerStore implements LayerStore {
   }
 
   async removeLayer(id: string): Promise<void> {
-    this.open();
+    this.assertOpen();
     const rec = this.record(id);
     const kids = this.children.get(id)?.size ?? 0;
     if (kids > 0) {
@@ -143,6 +151,11 @@ class LocalLayerStore implements LayerStore {
     this.forget(rec);
     await this.meta.flush();
     this.runInBackground(this.purge(rec.index));
+  }
+
+  layerAt(index: number): LayerInfo | undefined {
+    const id = this.byIndex.get(index);
+    return id === undefined ? undefined : this.layer(id);
   }
 
   exists(id: string): boolean {
@@ -207,6 +220,25 @@ class LocalLayerStore implements LayerStore {
 
   readlink(id: string, ino: number): string {
     return this.tree(id).readlink(ino);
+  }
+
+  open(id: string, ino: number): void {
+    const tree = this.tree(id);
+    tree.inode(ino);
+    const key = `${tree.index}/${ino}`;
+    this.openFiles.set(key, (this.openFiles.get(key) ?? 0) + 1);
+  }
+
+  release(id: string, ino: number): void {
+    const tree = this.tree(id);
+    const key = `${tree.index}/${ino}`;
+    const n = (this.openFiles.get(key) ?? 0) - 1;
+    if (n > 0) {
+      this.openFiles.set(key, n);
+      return;
+    }
+    this.openFiles.delete(key);
+    tree.dropOrphan(ino);
   }
 
   async read(id: string, ino: number, offset: number, length: number): Promise<Buffer> {
@@ -329,7 +361,7 @@ class LocalLayerStore implements LayerStore {
   }
 
   async applyDiff(id: string, parent: string | null, tar: Readable): Promise<number> {
-    this.open();
+    this.assertOpen();
     const rec = this.record(id);
     if (parent !== rec.parent) {
       throw new StoreError('LCFS_EPARENT_MISMATCH', 'EINVAL', `layer ${id} has parent ${rec.parent ?? 'none'}, not ${parent ?? 'none'}`);
@@ -340,7 +372,7 @@ class LocalLayerStore implements LayerStore {
     this.applying.add(id);
     try {
       const staged = new StagedView(this.meta);
-      const tree = new LayerTree(rec, live.chain, staged, this.cache, () => this.next('m/ino'));
+      const tree = new LayerTree(rec, live.chain, staged, this.treeContext);
       const result = await applyTar(tree, this.chunks, tar);
       try {
         await this.chunks.syncSealed(result.written);
@@ -384,6 +416,13 @@ class LocalLayerStore implements LayerStore {
   /** Finishes what a crash interrupted: purges of removed layers, and unreferenced chunks. */
   startUpkeep(): void {
     for (const [index] of this.meta.scan('p')) this.runInBackground(this.purge(Number(index)));
+    // Files unlinked while open when the store went down: nothing holds them open now.
+    for (const key of this.meta.keys('o/')) {
+      const [, index, ino] = key.split('/');
+      const id = this.byIndex.get(Number(index));
+      if (id === undefined) this.meta.del(key);
+      else this.tree(id).dropOrphan(Number(ino));
+    }
     this.runInBackground(
       this.chunks.sweepOrphans().then((n) => {
         if (n > 0) this.log?.info({ removed: n }, 'removed unreferenced chunk files');
@@ -393,7 +432,7 @@ class LocalLayerStore implements LayerStore {
 
   // --- internals ---
 
-  private open(): void {
+  private assertOpen(): void {
     if (this.closed) throw new StoreError('LCFS_ESTORE_CLOSED', 'EIO', 'the layer store is closed');
   }
 
@@ -404,7 +443,7 @@ class LocalLayerStore implements LayerStore {
   }
 
   private tree(id: string): LayerTree {
-    this.open();
+    this.assertOpen();
     let tree = this.trees.get(id);
     if (!tree) {
       const rec = this.record(id);
@@ -412,7 +451,7 @@ class LocalLayerStore implements LayerStore {
       for (let at: LayerRecord | undefined = rec; at; at = at.parent ? this.layers.get(at.parent) : undefined) {
         chain.push(at.index);
       }
-      tree = new LayerTree(rec, chain, this.meta, this.cache, () => this.next('m/ino'));
+      tree = new LayerTree(rec, chain, this.meta, this.treeContext);
       this.trees.set(id, tree);
     }
     return tree;
@@ -420,6 +459,7 @@ class LocalLayerStore implements LayerStore {
 
   private remember(rec: LayerRecord): void {
     this.layers.set(rec.id, rec);
+    this.byIndex.set(rec.index, rec.id);
     this.trees.delete(rec.id);
     if (rec.parent !== null) {
       let kids = this.children.get(rec.parent);
@@ -430,6 +470,7 @@ class LocalLayerStore implements LayerStore {
 
   private forget(rec: LayerRecord): void {
     this.layers.delete(rec.id);
+    this.byIndex.delete(rec.index);
     this.trees.delete(rec.id);
     this.refs.delete(rec.id);
     if (rec.parent !== null) this.children.get(rec.parent)?.delete(rec.id);

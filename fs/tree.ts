@@ -4,6 +4,7 @@ import type { MetaView } from './meta.js';
 import {
   contentKey,
   direntGroup,
+  orphanKey,
   direntKey,
   inodeKey,
   isDir,
@@ -22,6 +23,14 @@ import type { Attr, AttrChange, Caller, DirEntry } from './types.js';
 
 const NAME_MAX = 255;
 
+/** What every tree of one store shares. */
+export interface TreeContext {
+  readonly cache: FrozenCache;
+  allocIno(): number;
+  /** Whether a file is open; an open file outlives its last name until it is released. */
+  isOpen(layer: number, ino: number): boolean;
+}
+
 /**
  * The namespace of one layer: names, attributes and links, resolved through the layer's chain
  * of ancestors. Reads find the nearest layer in the chain that holds a record; writes always go
@@ -31,15 +40,17 @@ export class LayerTree {
   /** Chain positions from here on are frozen, and their walks cached. */
   private readonly firstFrozen: number;
 
+  private readonly cache: FrozenCache;
+
   constructor(
     readonly layer: LayerRecord,
     /** Layer indices from this layer up to its base. */
     readonly chain: readonly number[],
     readonly view: MetaView,
-    private readonly cache: FrozenCache,
-    private readonly allocIno: () => number,
+    private readonly context: TreeContext,
   ) {
     this.firstFrozen = layer.state === 'frozen' ? 0 : 1;
+    this.cache = context.cache;
   }
 
   get index(): number {
@@ -57,8 +68,15 @@ export class LayerTree {
   }
 
   inode(ino: number): InodeRecord {
+    const rec = this.live(ino);
+    if (!rec) throw nodeError('ENOENT', `inode ${ino} in layer ${this.layer.id}`);
+    return rec;
+  }
+
+  /** The node's record if it still has a name, or is unlinked but open. */
+  live(ino: number): InodeRecord | undefined {
     const found = this.findInode(ino);
-    if (!found || found.rec.nlink === 0) throw nodeError('ENOENT', `inode ${ino} in layer ${this.layer.id}`);
+    if (!found || (found.rec.nlink === 0 && !this.context.isOpen(this.index, ino))) return undefined;
     return found.rec;
   }
 
@@ -189,7 +207,7 @@ export class LayerTree {
   paths(ino: number): string[] {
     if (ino === this.layer.root) return [''];
     const found = this.findInode(ino);
-    if (!found || found.rec.nlink === 0) return [];
+    if (!found) return [];
     const out: string[] = [];
     for (const [dir, name] of found.rec.links) {
       if (this.entry(dir, name) !== ino) continue;
@@ -220,11 +238,28 @@ export class LayerTree {
     this.view.put(inodeKey(this.index, ino), rec);
   }
 
-  /** Marks a node gone from this layer, releasing the content the layer itself held. */
+  /**
+   * Marks a node gone from this layer, releasing the content the layer itself held. An open
+   * file stays readable and writable until its release, through an orphan entry (`o/`) that is
+   * also cleared at start, should the store go down before the release.
+   */
   dropInode(ino: number, rec: InodeRecord): void {
+    if (this.context.isOpen(this.index, ino)) {
+      this.putInode(ino, { ...rec, nlink: 0, links: [] });
+      this.view.put(orphanKey(this.index, ino), 1);
+      return;
+    }
     this.dropOwnContent(ino);
     if (this.findInodeAbove(ino)) this.putInode(ino, { ...rec, nlink: 0, links: [] });
     else this.view.del(inodeKey(this.index, ino));
+  }
+
+  /** Finishes dropping an unlinked file once its last open handle is released. */
+  dropOrphan(ino: number): void {
+    if (this.view.get(orphanKey(this.index, ino)) === undefined) return;
+    this.view.del(orphanKey(this.index, ino));
+    const found = this.findInode(ino);
+    if (found && found.rec.nlink === 0) this.dropInode(ino, found.rec);
   }
 
   dropOwnContent(ino: number): void {
@@ -273,7 +308,7 @@ export class LayerTree {
       links: [[dir, name]],
       ...extra,
     };
-    const ino = this.allocIno();
+    const ino = this.context.allocIno();
     this.putInode(ino, rec);
     this.setEntry(dir, name, ino);
     this.touch(dir, parent, dirMode ? { nlink: parent.nlink + 1 } : {});

@@ -1,0 +1,822 @@
+/*
+ * lcfs's binding to libfuse's low-level, inode-based API.
+ *
+ * One native thread runs the session loop. Each request is copied (names, write data) into a
+ * `request` and queued to the JavaScript thread through a thread-safe function; JavaScript
+ * answers later through the reply functions below, which may be called from any thread. The
+ * loop never waits for an answer, so many requests are in flight at once while the event loop
+ * stays the only place the store is touched.
+ *
+ * The binding adds nothing to the requests: it passes the caller's uid, gid and umask, the open
+ * flags, and setattr's exact to_set mask (so UTIME_NOW and UTIME_OMIT are told apart).
+ */
+#define FUSE_USE_VERSION 35
+#define NAPI_VERSION 8
+
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <node_api.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+
+enum op {
+  OP_ENDED = 0,
+  OP_LOOKUP, OP_GETATTR, OP_SETATTR, OP_READLINK, OP_MKNOD, OP_MKDIR, OP_UNLINK, OP_RMDIR,
+  OP_SYMLINK, OP_RENAME, OP_LINK, OP_OPEN, OP_READ, OP_WRITE, OP_FLUSH, OP_RELEASE, OP_FSYNC,
+  OP_OPENDIR, OP_READDIR, OP_RELEASEDIR, OP_FSYNCDIR, OP_STATFS, OP_SETXATTR, OP_GETXATTR,
+  OP_LISTXATTR, OP_REMOVEXATTR, OP_CREATE, OP_READDIRPLUS,
+};
+
+typedef struct {
+  struct fuse_session *se;
+  napi_threadsafe_function tsfn;
+  pthread_t thread;
+  int thread_started;
+  int loop_result;
+  char *mountpoint;
+} session;
+
+typedef struct {
+  int op;
+  fuse_req_t req;
+  double ino, ino2;
+  char *name, *name2;
+  char *data;
+  size_t size;
+  double off;
+  double mode, rdev, flags, fh;
+  uid_t uid;
+  gid_t gid;
+  pid_t pid;
+  mode_t umask;
+  /* setattr: the mask and the requested values */
+  int to_set;
+  double attr[9];
+} request;
+
+#define CHECK(call)                                                          \
+  do {                                                                       \
+    if ((call) != napi_ok) {                                                 \
+      napi_throw_error(env, "LCFS_EFUSE_BINDING", "N-API call failed: " #call); \
+      return NULL;                                                           \
+    }                                                                        \
+  } while (0)
+
+static request *new_request(int op, fuse_req_t req, fuse_ino_t ino) {
+  request *r = calloc(1, sizeof(request));
+  r->op = op;
+  r->req = req;
+  r->ino = (double)ino;
+  if (req) {
+    const struct fuse_ctx *ctx = fuse_req_ctx(req);
+    r->uid = ctx->uid;
+    r->gid = ctx->gid;
+    r->pid = ctx->pid;
+    r->umask = ctx->umask;
+  }
+  return r;
+}
+
+static void post(fuse_req_t req, request *r) {
+  session *s = fuse_req_userdata(req);
+  if (napi_call_threadsafe_function(s->tsfn, r, napi_tsfn_nonblocking) != napi_ok) {
+    fuse_reply_err(req, EIO);
+    free(r->name);
+    free(r->name2);
+    free(r->data);
+    free(r);
+  }
+}
+
+/* --- the operations: copy what the request carries, queue it ---------------------------- */
+
+static void ll_init(void *userdata, struct fuse_conn_info *conn) {
+  (void)userdata;
+  /* 1 MiB writes match the store's chunk size; O_TRUNC is handled in open. */
+  conn->max_write = 1 << 20;
+  conn->max_readahead = 1 << 20;
+  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+}
+
+static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  request *r = new_request(OP_LOOKUP, req, parent);
+  r->name = strdup(name);
+  post(req, r);
+}
+
+/* The store keeps every inode for its layer's lifetime, so lookup counts need no tracking. */
+static void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t n) {
+  (void)ino;
+  (void)n;
+  fuse_reply_none(req);
+}
+
+static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets) {
+  (void)count;
+  (void)forgets;
+  fuse_reply_none(req);
+}
+
+static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  (void)fi;
+  post(req, new_request(OP_GETATTR, req, ino));
+}
+
+static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi) {
+  request *r = new_request(OP_SETATTR, req, ino);
+  r->to_set = to_set;
+  r->fh = fi ? (double)fi->fh : -1;
+  r->attr[0] = attr->st_mode;
+  r->attr[1] = attr->st_uid;
+  r->attr[2] = attr->st_gid;
+  r->attr[3] = (double)attr->st_size;
+  r->attr[4] = (double)attr->st_atim.tv_sec;
+  r->attr[5] = (double)attr->st_atim.tv_nsec;
+  r->attr[6] = (double)attr->st_mtim.tv_sec;
+  r->attr[7] = (double)attr->st_mtim.tv_nsec;
+  post(req, r);
+}
+
+static void ll_readlink(fuse_req_t req, fuse_ino_t ino) { post(req, new_request(OP_READLINK, req, ino)); }
+
+static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev) {
+  request *r = new_request(OP_MKNOD, req, parent);
+  r->name = strdup(name);
+  r->mode = mode;
+  r->rdev = (double)rdev;
+  post(req, r);
+}
+
+static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode) {
+  request *r = new_request(OP_MKDIR, req, parent);
+  r->name = strdup(name);
+  r->mode = mode;
+  post(req, r);
+}
+
+static void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  request *r = new_request(OP_UNLINK, req, parent);
+  r->name = strdup(name);
+  post(req, r);
+}
+
+static void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  request *r = new_request(OP_RMDIR, req, parent);
+  r->name = strdup(name);
+  post(req, r);
+}
+
+static void ll_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name) {
+  request *r = new_request(OP_SYMLINK, req, parent);
+  r->name = strdup(name);
+  r->name2 = strdup(link);
+  post(req, r);
+}
+
+static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                      const char *newname, unsigned int flags) {
+  request *r = new_request(OP_RENAME, req, parent);
+  r->name = strdup(name);
+  r->ino2 = (double)newparent;
+  r->name2 = strdup(newname);
+  r->flags = flags;
+  post(req, r);
+}
+
+static void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname) {
+  request *r = new_request(OP_LINK, req, ino);
+  r->ino2 = (double)newparent;
+  r->name = strdup(newname);
+  post(req, r);
+}
+
+static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  request *r = new_request(OP_OPEN, req, ino);
+  r->flags = fi->flags;
+  post(req, r);
+}
+
+static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  request *r = new_request(OP_READ, req, ino);
+  r->size = size;
+  r->off = (double)off;
+  r->fh = (double)fi->fh;
+  post(req, r);
+}
+
+static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi) {
+  request *r = new_request(OP_WRITE, req, ino);
+  /* The buffer belongs to the loop and is reused once we return. */
+  r->data = malloc(size ? size : 1);
+  memcpy(r->data, buf, size);
+  r->size = size;
+  r->off = (double)off;
+  r->fh = (double)fi->fh;
+  post(req, r);
+}
+
+static void ll_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  request *r = new_request(OP_FLUSH, req, ino);
+  r->fh = (double)fi->fh;
+  post(req, r);
+}
+
+static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  request *r = new_request(OP_RELEASE, req, ino);
+  r->fh = (double)fi->fh;
+  r->flags = fi->flags;
+  post(req, r);
+}
+
+static void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
+  request *r = new_request(OP_FSYNC, req, ino);
+  r->flags = datasync;
+  r->fh = (double)fi->fh;
+  post(req, r);
+}
+
+static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  request *r = new_request(OP_OPENDIR, req, ino);
+  r->flags = fi->flags;
+  post(req, r);
+}
+
+static void ll_readdir_any(int op, fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  request *r = new_request(op, req, ino);
+  r->size = size;
+  r->off = (double)off;
+  r->fh = (double)fi->fh;
+  post(req, r);
+}
+
+static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  ll_readdir_any(OP_READDIR, req, ino, size, off, fi);
+}
+
+static void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  ll_readdir_any(OP_READDIRPLUS, req, ino, size, off, fi);
+}
+
+static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  request *r = new_request(OP_RELEASEDIR, req, ino);
+  r->fh = (double)fi->fh;
+  post(req, r);
+}
+
+static void ll_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
+  request *r = new_request(OP_FSYNCDIR, req, ino);
+  r->flags = datasync;
+  r->fh = (double)fi->fh;
+  post(req, r);
+}
+
+static void ll_statfs(fuse_req_t req, fuse_ino_t ino) { post(req, new_request(OP_STATFS, req, ino)); }
+
+static void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags) {
+  request *r = new_request(OP_SETXATTR, req, ino);
+  r->name = strdup(name);
+  r->data = malloc(size ? size : 1);
+  memcpy(r->data, value, size);
+  r->size = size;
+  r->flags = flags;
+  post(req, r);
+}
+
+static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
+  request *r = new_request(OP_GETXATTR, req, ino);
+  r->name = strdup(name);
+  r->size = size;
+  post(req, r);
+}
+
+static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  request *r = new_request(OP_LISTXATTR, req, ino);
+  r->size = size;
+  post(req, r);
+}
+
+static void ll_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) {
+  request *r = new_request(OP_REMOVEXATTR, req, ino);
+  r->name = strdup(name);
+  post(req, r);
+}
+
+static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi) {
+  request *r = new_request(OP_CREATE, req, parent);
+  r->name = strdup(name);
+  r->mode = mode;
+  r->flags = fi->flags;
+  post(req, r);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+  .init = ll_init,
+  .lookup = ll_lookup,
+  .forget = ll_forget,
+  .forget_multi = ll_forget_multi,
+  .getattr = ll_getattr,
+  .setattr = ll_setattr,
+  .readlink = ll_readlink,
+  .mknod = ll_mknod,
+  .mkdir = ll_mkdir,
+  .unlink = ll_unlink,
+  .rmdir = ll_rmdir,
+  .symlink = ll_symlink,
+  .rename = ll_rename,
+  .link = ll_link,
+  .open = ll_open,
+  .read = ll_read,
+  .write = ll_write,
+  .flush = ll_flush,
+  .release = ll_release,
+  .fsync = ll_fsync,
+  .opendir = ll_opendir,
+  .readdir = ll_readdir,
+  .readdirplus = ll_readdirplus,
+  .releasedir = ll_releasedir,
+  .fsyncdir = ll_fsyncdir,
+  .statfs = ll_statfs,
+  .setxattr = ll_setxattr,
+  .getxattr = ll_getxattr,
+  .listxattr = ll_listxattr,
+  .removexattr = ll_removexattr,
+  .create = ll_create,
+};
+
+/* --- delivering requests to JavaScript ---------------------------------------------------- */
+
+static napi_value str_or_undefined(napi_env env, const char *s) {
+  napi_value v;
+  if (s) napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v);
+  else napi_get_undefined(env, &v);
+  return v;
+}
+
+static napi_value num(napi_env env, double d) {
+  napi_value v;
+  napi_create_double(env, d, &v);
+  return v;
+}
+
+static void free_data(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+/* handler(op, req, ino, ino2, name, name2, data, size, off, mode, rdev, flags, fh, uid, gid, pid, umask, attr) */
+static void call_js(napi_env env, napi_value handler, void *context, void *data) {
+  (void)context;
+  request *r = data;
+  if (env == NULL) {
+    /* The function is being torn down: nothing can answer, so fail the request here. */
+    if (r->req) fuse_reply_err(r->req, EIO);
+    free(r->name);
+    free(r->name2);
+    free(r->data);
+    free(r);
+    return;
+  }
+  napi_value argv[18];
+  argv[0] = num(env, r->op);
+  if (r->req) napi_create_external(env, r->req, NULL, NULL, &argv[1]);
+  else napi_get_null(env, &argv[1]);
+  argv[2] = num(env, r->ino);
+  argv[3] = num(env, r->ino2);
+  argv[4] = str_or_undefined(env, r->name);
+  argv[5] = str_or_undefined(env, r->name2);
+  if (r->data) {
+    napi_create_external_buffer(env, r->size, r->data, free_data, NULL, &argv[6]);
+    r->data = NULL;
+  } else {
+    napi_get_undefined(env, &argv[6]);
+  }
+  argv[7] = num(env, (double)r->size);
+  argv[8] = num(env, r->off);
+  argv[9] = num(env, r->mode);
+  argv[10] = num(env, r->rdev);
+  argv[11] = num(env, r->flags);
+  argv[12] = num(env, r->fh);
+  argv[13] = num(env, r->uid);
+  argv[14] = num(env, r->gid);
+  argv[15] = num(env, r->pid);
+  argv[16] = num(env, r->umask);
+  if (r->op == OP_SETATTR) {
+    napi_value arr;
+    napi_create_array_with_length(env, 9, &arr);
+    napi_set_element(env, arr, 0, num(env, r->to_set));
+    for (int i = 0; i < 8; i++) napi_set_element(env, arr, i + 1, num(env, r->attr[i]));
+    argv[17] = arr;
+  } else {
+    napi_get_undefined(env, &argv[17]);
+  }
+  napi_value global;
+  napi_get_global(env, &global);
+  napi_status status = napi_call_function(env, global, handler, 18, argv, NULL);
+  if (status == napi_pending_exception) {
+    /* The dispatcher catches its own errors; this only happens on a bug there. */
+    napi_value ignored;
+    napi_get_and_clear_last_exception(env, &ignored);
+  }
+  free(r->name);
+  free(r->name2);
+  free(r->data);
+  free(r);
+}
+
+static void *loop_thread(void *arg) {
+  session *s = arg;
+  s->loop_result = fuse_session_loop(s->se);
+  request *r = new_request(OP_ENDED, NULL, 0);
+  r->flags = s->loop_result;
+  napi_call_threadsafe_function(s->tsfn, r, napi_tsfn_blocking);
+  return NULL;
+}
+
+/* --- exported functions ------------------------------------------------------------------- */
+
+static fuse_req_t get_req(napi_env env, napi_value v) {
+  void *p = NULL;
+  if (napi_get_value_external(env, v, &p) != napi_ok) return NULL;
+  return p;
+}
+
+static double get_num(napi_env env, napi_value v) {
+  double d = 0;
+  napi_get_value_double(env, v, &d);
+  return d;
+}
+
+/* attr: a Float64Array-like array [ino, mode, nlink, uid, gid, rdev, size, atime_s, atime_ns,
+ * mtime_s, mtime_ns, ctime_s, ctime_ns] starting at `at`. */
+#define ATTR_FIELDS 13
+
+static void fill_stat(const double *a, struct stat *st) {
+  memset(st, 0, sizeof *st);
+  st->st_ino = (ino_t)a[0];
+  st->st_mode = (mode_t)a[1];
+  st->st_nlink = (nlink_t)a[2];
+  st->st_uid = (uid_t)a[3];
+  st->st_gid = (gid_t)a[4];
+  st->st_rdev = (dev_t)a[5];
+  st->st_size = (off_t)a[6];
+  st->st_blksize = 4096;
+  st->st_blocks = (blkcnt_t)((a[6] + 511) / 512);
+  st->st_atim.tv_sec = (time_t)a[7];
+  st->st_atim.tv_nsec = (long)a[8];
+  st->st_mtim.tv_sec = (time_t)a[9];
+  st->st_mtim.tv_nsec = (long)a[10];
+  st->st_ctim.tv_sec = (time_t)a[11];
+  st->st_ctim.tv_nsec = (long)a[12];
+}
+
+static int get_attr(napi_env env, napi_value v, double *out) {
+  napi_typedarray_type type;
+  size_t length;
+  void *data;
+  if (napi_get_typedarray_info(env, v, &type, &length, &data, NULL, NULL) != napi_ok) return -1;
+  if (type != napi_float64_array || length < ATTR_FIELDS) return -1;
+  memcpy(out, data, ATTR_FIELDS * sizeof(double));
+  return 0;
+}
+
+static napi_value undefined(napi_env env) {
+  napi_value u;
+  napi_get_undefined(env, &u);
+  return u;
+}
+
+#define ARGS(n)                                                          \
+  size_t argc = n;                                                       \
+  napi_value argv[n];                                                    \
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));           \
+  fuse_req_t req = argc > 0 ? get_req(env, argv[0]) : NULL;              \
+  if (!req) {                                                            \
+    napi_throw_type_error(env, "LCFS_EFUSE_BINDING", "not a request"); \
+    return NULL;                                                         \
+  }
+
+static napi_value reply_err(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  fuse_reply_err(req, (int)get_num(env, argv[1]));
+  return undefined(env);
+}
+
+static void fill_entry(napi_env env, napi_value *argv, struct fuse_entry_param *e, const double *a) {
+  memset(e, 0, sizeof *e);
+  fill_stat(a, &e->attr);
+  e->ino = (fuse_ino_t)a[0];
+  e->attr_timeout = get_num(env, argv[3]);
+  e->entry_timeout = get_num(env, argv[2]);
+}
+
+/* replyEntry(req, attr | null, entryTimeout, attrTimeout) */
+static napi_value reply_entry(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  struct fuse_entry_param e;
+  double a[ATTR_FIELDS] = {0};
+  napi_valuetype t;
+  napi_typeof(env, argv[1], &t);
+  if (t != napi_null && get_attr(env, argv[1], a) != 0) {
+    napi_throw_type_error(env, "LCFS_EFUSE_BINDING", "attr must be a Float64Array");
+    return NULL;
+  }
+  fill_entry(env, argv, &e, a);
+  fuse_reply_entry(req, &e);
+  return undefined(env);
+}
+
+static void fill_file_info(napi_env env, napi_value fh, napi_value flags, struct fuse_file_info *fi) {
+  memset(fi, 0, sizeof *fi);
+  fi->fh = (uint64_t)get_num(env, fh);
+  int f = (int)get_num(env, flags);
+  fi->keep_cache = (f & 1) != 0;
+  fi->direct_io = (f & 2) != 0;
+}
+
+/* replyCreate(req, attr, entryTimeout, attrTimeout, fh, openFlags) */
+static napi_value reply_create(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  struct fuse_entry_param e;
+  struct fuse_file_info fi;
+  double a[ATTR_FIELDS];
+  if (get_attr(env, argv[1], a) != 0) {
+    napi_throw_type_error(env, "LCFS_EFUSE_BINDING", "attr must be a Float64Array");
+    return NULL;
+  }
+  fill_entry(env, argv, &e, a);
+  fill_file_info(env, argv[4], argv[5], &fi);
+  fuse_reply_create(req, &e, &fi);
+  return undefined(env);
+}
+
+/* replyAttr(req, attr, timeout) */
+static napi_value reply_attr(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  double a[ATTR_FIELDS];
+  struct stat st;
+  if (get_attr(env, argv[1], a) != 0) {
+    napi_throw_type_error(env, "LCFS_EFUSE_BINDING", "attr must be a Float64Array");
+    return NULL;
+  }
+  fill_stat(a, &st);
+  fuse_reply_attr(req, &st, get_num(env, argv[2]));
+  return undefined(env);
+}
+
+/* replyReadlink(req, target) */
+static napi_value reply_readlink(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  size_t len;
+  CHECK(napi_get_value_string_utf8(env, argv[1], NULL, 0, &len));
+  char *target = malloc(len + 1);
+  napi_get_value_string_utf8(env, argv[1], target, len + 1, &len);
+  fuse_reply_readlink(req, target);
+  free(target);
+  return undefined(env);
+}
+
+/* replyOpen(req, fh, flags: 1 keep_cache | 2 direct_io) */
+static napi_value reply_open(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  struct fuse_file_info fi;
+  fill_file_info(env, argv[1], argv[2], &fi);
+  fuse_reply_open(req, &fi);
+  return undefined(env);
+}
+
+/* replyWrite(req, count) */
+static napi_value reply_write(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  fuse_reply_write(req, (size_t)get_num(env, argv[1]));
+  return undefined(env);
+}
+
+/* replyBuf(req, buffer) */
+static napi_value reply_buf(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  void *data = NULL;
+  size_t len = 0;
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  fuse_reply_buf(req, data, len);
+  return undefined(env);
+}
+
+/* replyXattr(req, size) */
+static napi_value reply_xattr(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  fuse_reply_xattr(req, (size_t)get_num(env, argv[1]));
+  return undefined(env);
+}
+
+/* replyStatfs(req, [bsize, blocks, bfree, bavail, files, ffree, namemax]) */
+static napi_value reply_statfs(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  struct statvfs st;
+  memset(&st, 0, sizeof st);
+  napi_value v;
+  double f[7] = {0};
+  for (uint32_t i = 0; i < 7; i++) {
+    if (napi_get_element(env, argv[1], i, &v) == napi_ok) f[i] = get_num(env, v);
+  }
+  st.f_bsize = st.f_frsize = (unsigned long)f[0];
+  st.f_blocks = (fsblkcnt_t)f[1];
+  st.f_bfree = (fsblkcnt_t)f[2];
+  st.f_bavail = (fsblkcnt_t)f[3];
+  st.f_files = (fsfilcnt_t)f[4];
+  st.f_ffree = st.f_favail = (fsfilcnt_t)f[5];
+  st.f_namemax = (unsigned long)f[6];
+  fuse_reply_statfs(req, &st);
+  return undefined(env);
+}
+
+/*
+ * replyDir(req, plus, size, offset, names[], attrs Float64Array(n * ATTR_FIELDS), entryTimeout, attrTimeout)
+ * Entries from index `offset` on, as many as fit in `size`; each entry's offset is its index + 1.
+ * "." and ".." are listed without an entry, so the kernel does not count a lookup for them.
+ */
+static napi_value reply_dir(napi_env env, napi_callback_info info) {
+  ARGS(8);
+  bool plus;
+  CHECK(napi_get_value_bool(env, argv[1], &plus));
+  size_t size = (size_t)get_num(env, argv[2]);
+  uint32_t offset = (uint32_t)get_num(env, argv[3]);
+  uint32_t count;
+  CHECK(napi_get_array_length(env, argv[4], &count));
+  napi_typedarray_type type;
+  size_t alen;
+  double *attrs;
+  CHECK(napi_get_typedarray_info(env, argv[5], &type, &alen, (void **)&attrs, NULL, NULL));
+  if (type != napi_float64_array || alen < (size_t)count * ATTR_FIELDS) {
+    napi_throw_type_error(env, "LCFS_EFUSE_BINDING", "attrs too short");
+    return NULL;
+  }
+  double entry_timeout = get_num(env, argv[6]);
+  double attr_timeout = get_num(env, argv[7]);
+  char *buf = malloc(size ? size : 1);
+  size_t pos = 0;
+  char name[1024];
+  for (uint32_t i = offset; i < count; i++) {
+    napi_value v;
+    size_t nlen;
+    napi_get_element(env, argv[4], i, &v);
+    if (napi_get_value_string_utf8(env, v, name, sizeof name, &nlen) != napi_ok) continue;
+    const double *a = attrs + (size_t)i * ATTR_FIELDS;
+    size_t need;
+    int dot = strcmp(name, ".") == 0 || strcmp(name, "..") == 0;
+    if (plus) {
+      struct fuse_entry_param e;
+      memset(&e, 0, sizeof e);
+      fill_stat(a, &e.attr);
+      if (!dot) {
+        e.ino = (fuse_ino_t)a[0];
+        e.entry_timeout = entry_timeout;
+        e.attr_timeout = attr_timeout;
+      }
+      need = fuse_add_direntry_plus(req, buf + pos, size - pos, name, &e, i + 1);
+    } else {
+      struct stat st;
+      fill_stat(a, &st);
+      need = fuse_add_direntry(req, buf + pos, size - pos, name, &st, i + 1);
+    }
+    if (need > size - pos) break;
+    pos += need;
+  }
+  fuse_reply_buf(req, buf, pos);
+  free(buf);
+  return undefined(env);
+}
+
+/* mount(mountpoint, options, handler) → session */
+static void finalize_session(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  session *s = data;
+  free(s->mountpoint);
+  free(s);
+}
+
+static napi_value mount_fs(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char mountpoint[4096], options[4096];
+  size_t len;
+  CHECK(napi_get_value_string_utf8(env, argv[0], mountpoint, sizeof mountpoint, &len));
+  CHECK(napi_get_value_string_utf8(env, argv[1], options, sizeof options, &len));
+
+  session *s = calloc(1, sizeof(session));
+  s->mountpoint = strdup(mountpoint);
+  char *fuse_argv[] = {"lcfs", "-o", options, NULL};
+  struct fuse_args args = FUSE_ARGS_INIT(3, fuse_argv);
+  s->se = fuse_session_new(&args, &ops, sizeof ops, s);
+  if (!s->se) {
+    free(s->mountpoint);
+    free(s);
+    napi_throw_error(env, "LCFS_EFUSE_MOUNT", "fuse_session_new failed: bad mount options?");
+    return NULL;
+  }
+  if (fuse_session_mount(s->se, mountpoint) != 0) {
+    fuse_session_destroy(s->se);
+    free(s->mountpoint);
+    free(s);
+    napi_throw_error(env, "LCFS_EFUSE_MOUNT", "fuse_session_mount failed (see stderr)");
+    return NULL;
+  }
+  napi_value name;
+  napi_create_string_utf8(env, "lcfs-fuse", NAPI_AUTO_LENGTH, &name);
+  CHECK(napi_create_threadsafe_function(env, argv[2], NULL, name, 0, 1, NULL, NULL, NULL, call_js, &s->tsfn));
+  if (pthread_create(&s->thread, NULL, loop_thread, s) != 0) {
+    fuse_session_unmount(s->se);
+    fuse_session_destroy(s->se);
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
+    free(s->mountpoint);
+    free(s);
+    napi_throw_error(env, "LCFS_EFUSE_MOUNT", "could not start the FUSE thread");
+    return NULL;
+  }
+  s->thread_started = 1;
+  napi_value handle;
+  CHECK(napi_create_external(env, s, finalize_session, NULL, &handle));
+  return handle;
+}
+
+static session *get_session(napi_env env, napi_value v) {
+  void *p = NULL;
+  if (napi_get_value_external(env, v, &p) != napi_ok) return NULL;
+  return p;
+}
+
+/* unmount(session, lazy) → 0 or errno. Not lazy: fails with EBUSY while the mount is in use. */
+static napi_value unmount_fs(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session *s = get_session(env, argv[0]);
+  bool lazy = false;
+  napi_get_value_bool(env, argv[1], &lazy);
+  int err = 0;
+  if (!s) err = EINVAL;
+  else if (umount2(s->mountpoint, lazy ? MNT_DETACH : 0) != 0) err = errno;
+  napi_value out;
+  napi_create_int32(env, err, &out);
+  return out;
+}
+
+/* close(session): after the loop ended, joins its thread and frees the session. */
+static napi_value close_fs(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session *s = get_session(env, argv[0]);
+  if (s && s->thread_started) {
+    pthread_join(s->thread, NULL);
+    s->thread_started = 0;
+    fuse_session_unmount(s->se);
+    fuse_session_destroy(s->se);
+    s->se = NULL;
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
+  }
+  return undefined(env);
+}
+
+/* detach(path) → 0 or errno: lazily unmounts whatever is mounted there (a stale mount). */
+static napi_value detach_path(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char path[4096];
+  size_t len;
+  CHECK(napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len));
+  napi_value out;
+  napi_create_int32(env, umount2(path, MNT_DETACH) == 0 ? 0 : errno, &out);
+  return out;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"mount", NULL, mount_fs, NULL, NULL, NULL, napi_default, NULL},
+    {"unmount", NULL, unmount_fs, NULL, NULL, NULL, napi_default, NULL},
+    {"close", NULL, close_fs, NULL, NULL, NULL, napi_default, NULL},
+    {"detach", NULL, detach_path, NULL, NULL, NULL, napi_default, NULL},
+    {"replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL},
+    {"replyEntry", NULL, reply_entry, NULL, NULL, NULL, napi_default, NULL},
+    {"replyCreate", NULL, reply_create, NULL, NULL, NULL, napi_default, NULL},
+    {"replyAttr", NULL, reply_attr, NULL, NULL, NULL, napi_default, NULL},
+    {"replyReadlink", NULL, reply_readlink, NULL, NULL, NULL, napi_default, NULL},
+    {"replyOpen", NULL, reply_open, NULL, NULL, NULL, napi_default, NULL},
+    {"replyWrite", NULL, reply_write, NULL, NULL, NULL, napi_default, NULL},
+    {"replyBuf", NULL, reply_buf, NULL, NULL, NULL, napi_default, NULL},
+    {"replyXattr", NULL, reply_xattr, NULL, NULL, NULL, napi_default, NULL},
+    {"replyStatfs", NULL, reply_statfs, NULL, NULL, NULL, napi_default, NULL},
+    {"replyDir", NULL, reply_dir, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
