@@ -1,1 +1,0 @@
-cmd_Release/lcfs_fuse.node := ln -f "Release/obj.target/lcfs_fuse.node" "Release/lcfs_fuse.node" 2>/dev/null || (rm -rf "Release/lcfs_fuse.node" && cp -af "Release/obj.target/lcfs_fuse.node" "Release/lcfs_fuse.node")

@@ -1,1 +1,0 @@
-cmd_Release/obj.target/lcfs_fuse.node := g++ -o Release/obj.target/lcfs_fuse.node -shared -pthread -rdynamic -m64  -Wl,-soname=lcfs_fuse.node -Wl,--start-group Release/obj.target/lcfs_fuse/lcfs_fuse.o -Wl,--end-group -lfuse3 -lpthread
