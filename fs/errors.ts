@@ -32,6 +32,7 @@ export type StoreErrorCode =
   | 'LCFS_ETAR_UNSAFE'
   | 'LCFS_ETAR_INVALID'
   | 'LCFS_ESTORE_CLOSED'
+  | 'LCFS_EMOUNT'
   | 'LCFS_ESTORE_CORRUPT';
 
 export class StoreError extends Error {

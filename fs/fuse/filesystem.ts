@@ -1,0 +1,394 @@
+import { constants } from 'node:os';
+import type { Logger } from 'pino';
+import { isStoreError } from '../errors.js';
+import type { LayerStore } from '../layer-store.js';
+import type { Attr, AttrChange, Timespec } from '../types.js';
+import { ATTR_FIELDS, KEEP_CACHE, Op, SetAttr, type FuseBinding, type Req } from './binding.js';
+
+/**
+ * The LCFS volume over FUSE: the root lists one directory per layer, and each layer directory
+ * is that layer's tree. Requests are translated onto the store one for one.
+ *
+ * A node id packs the layer's index and the node's ino (`index * 2^32 + ino`), so every layer
+ * has its own inode numbers while hard links within a layer share one. Frozen layers never
+ * change, so the kernel may cache their names, attributes and pages for long; the root is never
+ * cached, so layers the engines create or remove appear and vanish at once.
+ */
+
+const ROOT = 1;
+const INO_SPAN = 2 ** 32;
+const FROZEN_TTL = 3600;
+const WRITABLE_TTL = 1;
+const ERRNO = constants.errno as Record<string, number>;
+const O_ACCMODE = 3;
+const O_TRUNC = 0o1000;
+const RENAME_NOREPLACE = 1;
+const XATTR_CREATE = 1;
+const XATTR_REPLACE = 2;
+
+interface Node {
+  layer: string;
+  ino: number;
+  frozen: boolean;
+}
+
+interface DirListing {
+  names: string[];
+  attrs: Float64Array;
+  ttl: number;
+}
+
+export class LayerFilesystem {
+  private readonly dirs = new Map<number, DirListing>();
+  private nextHandle = 1;
+  private readonly mountedAt: Timespec;
+
+  constructor(
+    private readonly store: LayerStore,
+    private readonly fuse: FuseBinding,
+    private readonly log?: Logger,
+  ) {
+    const ms = Date.now();
+    this.mountedAt = [Math.floor(ms / 1000), (ms % 1000) * 1e6];
+  }
+
+  /** Handles one request; every path answers exactly once. */
+  readonly handle = (
+    op: number,
+    req: Req | null,
+    ino: number,
+    ino2: number,
+    name: string | undefined,
+    name2: string | undefined,
+    data: Buffer | undefined,
+    size: number,
+    off: number,
+    mode: number,
+    rdev: number,
+    flags: number,
+    fh: number,
+    uid: number,
+    gid: number,
+    _pid: number,
+    _umask: number,
+    setattr: number[] | undefined,
+  ): void => {
+    if (req === null) return;
+    try {
+      const result = this.dispatch(op, req, ino, ino2, name ?? '', name2 ?? '', data, size, off, mode, rdev, flags, fh, { uid, gid }, setattr);
+      if (result) result.catch((err: unknown) => this.fail(req, op, err));
+    } catch (err) {
+      this.fail(req, op, err);
+    }
+  };
+
+  private dispatch(
+    op: number,
+    req: Req,
+    ino: number,
+    ino2: number,
+    name: string,
+    name2: string,
+    data: Buffer | undefined,
+    size: number,
+    off: number,
+    mode: number,
+    rdev: number,
+    flags: number,
+    fh: number,
+    caller: { uid: number; gid: number },
+    setattr: number[] | undefined,
+  ): Promise<void> | void {
+    const f = this.fuse;
+    switch (op) {
+      case Op.Lookup:
+        return this.lookup(req, ino, name);
+      case Op.Getattr: {
+        if (ino === ROOT) return f.replyAttr(req, this.rootAttr(), 0);
+        const n = this.node(ino);
+        return f.replyAttr(req, this.attr(n, this.store.getattr(n.layer, n.ino)), ttl(n));
+      }
+      case Op.Setattr:
+        return this.setattr(req, ino, setattr ?? [0]);
+      case Op.Readlink: {
+        const n = this.node(ino);
+        return f.replyReadlink(req, this.store.readlink(n.layer, n.ino));
+      }
+      case Op.Mknod: {
+        const n = this.dirNode(ino);
+        return this.entry(req, n, this.store.mknod(n.layer, n.ino, name, mode, rdev, caller));
+      }
+      case Op.Mkdir: {
+        const n = this.dirNode(ino);
+        return this.entry(req, n, this.store.mkdir(n.layer, n.ino, name, mode, caller));
+      }
+      case Op.Unlink: {
+        const n = this.dirNode(ino);
+        this.store.unlink(n.layer, n.ino, name);
+        return f.replyErr(req, 0);
+      }
+      case Op.Rmdir: {
+        const n = this.dirNode(ino);
+        this.store.rmdir(n.layer, n.ino, name);
+        return f.replyErr(req, 0);
+      }
+      case Op.Symlink: {
+        const n = this.dirNode(ino);
+        return this.entry(req, n, this.store.symlink(n.layer, n.ino, name, name2, caller));
+      }
+      case Op.Rename: {
+        const from = this.dirNode(ino);
+        const to = this.dirNode(ino2);
+        if (from.layer !== to.layer) return f.replyErr(req, ERRNO.EXDEV);
+        if (flags & ~RENAME_NOREPLACE) return f.replyErr(req, ERRNO.EINVAL);
+        if (flags & RENAME_NOREPLACE && this.exists(to, name2)) return f.replyErr(req, ERRNO.EEXIST);
+        this.store.rename(from.layer, from.ino, name, to.ino, name2);
+        return f.replyErr(req, 0);
+      }
+      case Op.Link: {
+        const n = this.node(ino);
+        const dir = this.dirNode(ino2);
+        if (n.layer !== dir.layer) return f.replyErr(req, ERRNO.EXDEV);
+        return this.entry(req, dir, this.store.link(n.layer, n.ino, dir.ino, name));
+      }
+      case Op.Open:
+        return this.open(req, ino, flags);
+      case Op.Read: {
+        const n = this.node(ino);
+        return this.store.read(n.layer, n.ino, off, size).then((buf) => f.replyBuf(req, buf));
+      }
+      case Op.Write: {
+        const n = this.node(ino);
+        return this.store.write(n.layer, n.ino, off, data as Buffer).then((count) => f.replyWrite(req, count));
+      }
+      case Op.Flush:
+        return f.replyErr(req, 0);
+      case Op.Release: {
+        const n = this.node(ino);
+        this.store.release(n.layer, n.ino);
+        return f.replyErr(req, 0);
+      }
+      case Op.Fsync: {
+        const n = this.node(ino);
+        return this.store.fsync(n.layer, n.ino).then(() => f.replyErr(req, 0));
+      }
+      case Op.Fsyncdir:
+        return this.store.flush().then(() => f.replyErr(req, 0));
+      case Op.Opendir:
+        return this.opendir(req, ino);
+      case Op.Readdir:
+      case Op.Readdirplus: {
+        const listing = this.dirs.get(fh);
+        if (!listing) return f.replyErr(req, ERRNO.EBADF);
+        return f.replyDir(req, op === Op.Readdirplus, size, off, listing.names, listing.attrs, listing.ttl, listing.ttl);
+      }
+      case Op.Releasedir:
+        this.dirs.delete(fh);
+        return f.replyErr(req, 0);
+      case Op.Statfs:
+        return this.store.statfs().then((s) =>
+          f.replyStatfs(req, [s.bsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.namelen]),
+        );
+      case Op.Setxattr: {
+        const n = this.node(ino);
+        const present = this.store.listxattr(n.layer, n.ino).includes(name);
+        if (flags & XATTR_CREATE && present) return f.replyErr(req, ERRNO.EEXIST);
+        if (flags & XATTR_REPLACE && !present) return f.replyErr(req, ERRNO.ENODATA);
+        this.store.setxattr(n.layer, n.ino, name, data as Buffer);
+        return f.replyErr(req, 0);
+      }
+      case Op.Getxattr: {
+        if (ino === ROOT) return f.replyErr(req, ERRNO.ENODATA);
+        const n = this.node(ino);
+        return this.sized(req, size, this.store.getxattr(n.layer, n.ino, name));
+      }
+      case Op.Listxattr: {
+        if (ino === ROOT) return this.sized(req, size, Buffer.alloc(0));
+        const n = this.node(ino);
+        const names = this.store.listxattr(n.layer, n.ino);
+        return this.sized(req, size, Buffer.from(names.map((x) => `${x}\0`).join('')));
+      }
+      case Op.Removexattr: {
+        const n = this.node(ino);
+        this.store.removexattr(n.layer, n.ino, name);
+        return f.replyErr(req, 0);
+      }
+      case Op.Create: {
+        const dir = this.dirNode(ino);
+        const a = this.store.create(dir.layer, dir.ino, name, mode, caller);
+        this.store.open(dir.layer, a.ino);
+        return f.replyCreate(req, this.attr(dir, a), ttl(dir), ttl(dir), 0, 0);
+      }
+      default:
+        return f.replyErr(req, ERRNO.ENOSYS);
+    }
+  }
+
+  private lookup(req: Req, parent: number, name: string): void {
+    if (parent === ROOT) {
+      const info = this.store.exists(name) ? this.store.layer(name) : undefined;
+      if (!info) return this.fuse.replyEntry(req, null, 0, 0);
+      const n = { layer: name, ino: this.store.root(name), frozen: info.state === 'frozen' };
+      // Layer directories are never cached, so a removed layer disappears at once.
+      return this.fuse.replyEntry(req, this.attr(n, this.store.getattr(n.layer, n.ino)), 0, ttl(n));
+    }
+    const dir = this.dirNode(parent);
+    let attr: Attr;
+    try {
+      attr = this.store.lookup(dir.layer, dir.ino, name);
+    } catch (err) {
+      // A negative entry, cached as long as the layer's names are.
+      if (isStoreError(err, 'ENOENT')) return this.fuse.replyEntry(req, null, ttl(dir), 0);
+      throw err;
+    }
+    this.entry(req, dir, attr);
+  }
+
+  private entry(req: Req, dir: Node, attr: Attr): void {
+    this.fuse.replyEntry(req, this.attr(dir, attr), ttl(dir), ttl(dir));
+  }
+
+  private async setattr(req: Req, ino: number, a: number[]): Promise<void> {
+    const n = this.node(ino);
+    const [toSet, mode, uid, gid, size, aSec, aNsec, mSec, mNsec] = a;
+    const change: AttrChange = {};
+    if (toSet & SetAttr.Mode) change.mode = mode;
+    if (toSet & SetAttr.Uid) change.uid = uid;
+    if (toSet & SetAttr.Gid) change.gid = gid;
+    if (toSet & SetAttr.Size) change.size = size;
+    const now = nowSpec();
+    if (toSet & SetAttr.AtimeNow) change.atime = now;
+    else if (toSet & SetAttr.Atime) change.atime = [aSec, aNsec];
+    if (toSet & SetAttr.MtimeNow) change.mtime = now;
+    else if (toSet & SetAttr.Mtime) change.mtime = [mSec, mNsec];
+    const attr = await this.store.setattr(n.layer, n.ino, change);
+    this.fuse.replyAttr(req, this.attr(n, attr), ttl(n));
+  }
+
+  private async open(req: Req, ino: number, flags: number): Promise<void> {
+    const n = this.node(ino);
+    const writing = (flags & O_ACCMODE) !== 0;
+    if (writing && n.frozen) return this.fuse.replyErr(req, ERRNO.EROFS);
+    if (writing && flags & O_TRUNC) await this.store.setattr(n.layer, n.ino, { size: 0 });
+    this.store.open(n.layer, n.ino);
+    // Safe for writable layers too: every write comes through this mount, and the kernel drops
+    // cached pages when it sees mtime or size change (auto_inval_data).
+    this.fuse.replyOpen(req, 0, KEEP_CACHE);
+  }
+
+  private opendir(req: Req, ino: number): void {
+    const names = ['.', '..'];
+    const attrs: Attr[] = [];
+    let ttlSec = 0;
+    if (ino === ROOT) {
+      const root = this.rootAttrOf();
+      attrs.push(root, root);
+      for (const info of this.store.listLayers()) {
+        const n = { layer: info.id, ino: this.store.root(info.id), frozen: info.state === 'frozen' };
+        names.push(info.id);
+        attrs.push({ ...this.store.getattr(n.layer, n.ino), ino: nodeId(info.index, n.ino) });
+      }
+    } else {
+      const dir = this.dirNode(ino);
+      const index = this.store.layer(dir.layer).index;
+      const self = this.store.getattr(dir.layer, dir.ino);
+      attrs.push({ ...self, ino: nodeId(index, dir.ino) });
+      if (dir.ino === this.store.root(dir.layer)) attrs.push(this.rootAttrOf());
+      else attrs.push({ ...self, ino: nodeId(index, dir.ino) }); // '..' carries no entry; its ino is unused
+      for (const e of this.store.readdir(dir.layer, dir.ino)) {
+        names.push(e.name);
+        attrs.push({ ...e.attr, ino: nodeId(index, e.attr.ino) });
+      }
+      ttlSec = ttl(dir);
+    }
+    const packed = new Float64Array(attrs.length * ATTR_FIELDS);
+    attrs.forEach((a, i) => pack(packed, i * ATTR_FIELDS, a));
+    const handle = this.nextHandle++;
+    this.dirs.set(handle, { names, attrs: packed, ttl: ttlSec });
+    this.fuse.replyOpen(req, handle, 0);
+  }
+
+  private sized(req: Req, size: number, value: Buffer): void {
+    if (size === 0) return this.fuse.replyXattr(req, value.length);
+    if (size < value.length) return this.fuse.replyErr(req, ERRNO.ERANGE);
+    this.fuse.replyBuf(req, value);
+  }
+
+  private exists(dir: Node, name: string): boolean {
+    try {
+      this.store.lookup(dir.layer, dir.ino, name);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private node(id: number): Node {
+    const index = Math.floor(id / INO_SPAN);
+    const info = index === 0 ? undefined : this.store.layerAt(index);
+    if (!info) throw Object.assign(new Error('stale node'), { fuseErrno: id === ROOT ? ERRNO.EPERM : ERRNO.ENOENT });
+    return { layer: info.id, ino: id - index * INO_SPAN, frozen: info.state === 'frozen' };
+  }
+
+  /** A directory node inside a layer; the volume root takes no changes. */
+  private dirNode(id: number): Node {
+    if (id === ROOT) throw Object.assign(new Error('volume root'), { fuseErrno: ERRNO.EPERM });
+    return this.node(id);
+  }
+
+  private attr(n: Node, a: Attr): Float64Array {
+    const out = new Float64Array(ATTR_FIELDS);
+    pack(out, 0, { ...a, ino: nodeId(this.store.layer(n.layer).index, a.ino) });
+    return out;
+  }
+
+  private rootAttrOf(): Attr {
+    const t = this.mountedAt;
+    return { ino: ROOT, mode: 0o040755, uid: 0, gid: 0, nlink: 2, rdev: 0, size: 0, atime: t, mtime: t, ctime: t };
+  }
+
+  private rootAttr(): Float64Array {
+    const out = new Float64Array(ATTR_FIELDS);
+    pack(out, 0, this.rootAttrOf());
+    return out;
+  }
+
+  private fail(req: Req, op: number, err: unknown): void {
+    let errno = (err as { fuseErrno?: number }).fuseErrno;
+    if (errno === undefined && isStoreError(err)) errno = ERRNO[err.errno];
+    if (errno === undefined) {
+      errno = ERRNO.EIO;
+      this.log?.error({ err, op }, 'FUSE request failed');
+    }
+    this.fuse.replyErr(req, errno);
+  }
+}
+
+export function nodeId(layerIndex: number, ino: number): number {
+  return layerIndex * INO_SPAN + ino;
+}
+
+function ttl(n: Node): number {
+  return n.frozen ? FROZEN_TTL : WRITABLE_TTL;
+}
+
+function nowSpec(): Timespec {
+  const ms = Date.now();
+  return [Math.floor(ms / 1000), (ms % 1000) * 1e6];
+}
+
+function pack(out: Float64Array, at: number, a: Attr): void {
+  out[at] = a.ino;
+  out[at + 1] = a.mode;
+  out[at + 2] = a.nlink;
+  out[at + 3] = a.uid;
+  out[at + 4] = a.gid;
+  out[at + 5] = a.rdev;
+  out[at + 6] = a.size;
+  out[at + 7] = a.atime[0];
+  out[at + 8] = a.atime[1];
+  out[at + 9] = a.mtime[0];
+  out[at + 10] = a.mtime[1];
+  out[at + 11] = a.ctime[0];
+  out[at + 12] = a.ctime[1];
+}

@@ -1,0 +1,106 @@
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { constants } from 'node:os';
+import { resolve } from 'node:path';
+import type { Logger } from 'pino';
+import { StoreError } from '../errors.js';
+import type { LayerStore } from '../layer-store.js';
+import { fuseBinding, Op, type FuseBinding, type RequestHandler, type SessionHandle } from './binding.js';
+import { LayerFilesystem } from './filesystem.js';
+
+/**
+ * Mount options, and why each is there:
+ * - allow_other: containers run as other users, and dockerd itself must see the mount;
+ * - default_permissions: the kernel checks modes and owners, so any uid cannot write root's files;
+ * - suid, dev: a container's setuid binaries and device nodes work as on a local disk.
+ */
+const OPTIONS = 'allow_other,default_permissions,suid,dev,fsname=lcfs,subtype=lcfs';
+const ERRNO = constants.errno as Record<string, number>;
+const END_TIMEOUT_MS = 10_000;
+
+export interface MountOptions {
+  mountpoint: string;
+  store: LayerStore;
+  logger?: Logger;
+}
+
+/** The LCFS volume mounted at one mountpoint, until `unmount`. */
+export class VolumeMount {
+  private constructor(
+    readonly mountpoint: string,
+    private readonly fuse: FuseBinding,
+    private readonly session: SessionHandle,
+    private readonly ended: Promise<number>,
+    private readonly store: LayerStore,
+    private readonly log?: Logger,
+  ) {}
+
+  static async mount(opts: MountOptions): Promise<VolumeMount> {
+    const mountpoint = resolve(opts.mountpoint);
+    const fuse = fuseBinding();
+    await clearStaleMount(mountpoint, fuse, opts.logger);
+    await mkdir(mountpoint, { recursive: true });
+    const filesystem = new LayerFilesystem(opts.store, fuse, opts.logger);
+    let markEnded!: (code: number) => void;
+    const ended = new Promise<number>((r) => (markEnded = r));
+    const handler: RequestHandler = (op, req, ...rest) => {
+      if (op === Op.Ended) markEnded(rest[9]);
+      else filesystem.handle(op, req, ...rest);
+    };
+    let session: SessionHandle;
+    try {
+      session = fuse.mount(mountpoint, OPTIONS, handler);
+    } catch (err) {
+      throw new StoreError('LCFS_EMOUNT', 'EIO', `cannot mount ${mountpoint}: ${(err as Error).message}`);
+    }
+    opts.logger?.info({ mountpoint }, 'volume mounted');
+    return new VolumeMount(mountpoint, fuse, session, ended, opts.store, opts.logger);
+  }
+
+  /**
+   * Unmounts. A mount still in use (a running container) is reported and detached lazily rather
+   * than waited on: the caller is stopping, and hanging would stop nothing.
+   */
+  async unmount(): Promise<void> {
+    let err = this.fuse.unmount(this.session, false);
+    if (err === ERRNO.EBUSY) {
+      const inUse = this.store.listLayers().filter((l) => l.refs > 0).map((l) => l.id);
+      this.log?.warn({ mountpoint: this.mountpoint, layersInUse: inUse }, 'mount busy at stop; detaching it lazily');
+      err = this.fuse.unmount(this.session, true);
+    }
+    if (err !== 0 && err !== ERRNO.EINVAL) {
+      this.log?.error({ mountpoint: this.mountpoint, errno: err }, 'unmount failed');
+    }
+    const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), END_TIMEOUT_MS).unref());
+    if ((await Promise.race([this.ended, timeout])) === 'timeout') {
+      this.log?.error({ mountpoint: this.mountpoint }, 'FUSE loop did not end after unmount');
+      return;
+    }
+    this.fuse.close(this.session);
+    this.log?.info({ mountpoint: this.mountpoint }, 'volume unmounted');
+  }
+}
+
+/**
+ * A FUSE mount left by a crashed agent answers "Transport endpoint is not connected"; detach it
+ * so the new mount can take its place. A live mount of another agent is an error.
+ */
+async function clearStaleMount(mountpoint: string, fuse: FuseBinding, log?: Logger): Promise<void> {
+  const mounts = await readFile('/proc/self/mountinfo', 'utf8');
+  const here = mounts.split('\n').filter((line) => unescape(line.split(' ')[4] ?? '') === mountpoint);
+  if (here.length === 0) return;
+  try {
+    await stat(mountpoint);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOTCONN') throw err;
+    const code = fuse.detach(mountpoint);
+    if (code !== 0) throw new StoreError('LCFS_EMOUNT', 'EIO', `cannot clear the stale mount at ${mountpoint} (errno ${code})`);
+    log?.warn({ mountpoint }, 'cleared a stale FUSE mount left by a crash');
+    return;
+  }
+  throw new StoreError('LCFS_EMOUNT', 'EBUSY', `${mountpoint} is already a mount point in use; is another lcfs agent running?`);
+}
+
+/** mountinfo escapes space, tab, newline and backslash as octal. */
+function unescape(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
