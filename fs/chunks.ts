@@ -126,10 +126,15 @@ export class ChunkStore {
    */
   async copyToMutable(src: string, length: number, patch?: { offset: number; data: Uint8Array }): Promise<string> {
     const ref = await this.createMutable();
+    if (src === '' || length === 0) {
+      // Nothing to keep: the patch alone, and a hole (zeros) before it.
+      if (patch) await this.write(ref, patch.offset, patch.data);
+      return ref;
+    }
     const end = Math.max(length, patch ? patch.offset + patch.data.length : 0);
-    if (end === 0) return ref;
-    const buf = Buffer.alloc(end);
-    if (src !== '' && length > 0) await this.read(src, 0, buf.subarray(0, length));
+    const buf = Buffer.allocUnsafe(end);
+    await this.read(src, 0, buf.subarray(0, length));
+    buf.fill(0, length);
     if (patch) buf.set(patch.data, patch.offset);
     await this.write(ref, 0, buf);
     return ref;

@@ -47,9 +47,19 @@ export class StoreError extends Error {
   }
 }
 
-/** A POSIX failure on a node: the message carries the operation and the name. */
+/**
+ * A POSIX failure on a node: the message carries the operation and the name. These are answers
+ * (a lookup of a missing name, a missing xattr), raised thousands of times a second under FUSE,
+ * so they skip the stack trace, which costs more than the operation itself.
+ */
 export function nodeError(errno: Errno, message: string): StoreError {
-  return new StoreError('LCFS_ENODE', errno, `${errno}: ${message}`);
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return new StoreError('LCFS_ENODE', errno, `${errno}: ${message}`);
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
 }
 
 export function isStoreError(err: unknown, errno?: Errno): err is StoreError {

@@ -162,7 +162,8 @@ export class LayerFilesystem {
         return this.store.write(n.layer, n.ino, off, data as Buffer).then((count) => f.replyWrite(req, count));
       }
       case Op.Flush:
-        return f.replyErr(req, 0);
+        // Nothing to do at close: ENOSYS tells the kernel to stop sending flushes at all.
+        return f.replyErr(req, ERRNO.ENOSYS);
       case Op.Release: {
         const n = this.node(ino);
         this.store.release(n.layer, n.ino);

@@ -1,11 +1,12 @@
 /*
  * lcfs's binding to libfuse's low-level, inode-based API.
  *
- * One native thread runs the session loop. Each request is copied (names, write data) into a
- * `request` and queued to the JavaScript thread through a thread-safe function; JavaScript
- * answers later through the reply functions below, which may be called from any thread. The
- * loop never waits for an answer, so many requests are in flight at once while the event loop
- * stays the only place the store is touched.
+ * The FUSE device is served from Node's own event loop: a uv_poll watches /dev/fuse, and each
+ * request is read and handed to the JavaScript handler on the spot. JavaScript answers later,
+ * when its store call completes, through the reply functions below, so many requests are in
+ * flight at once. There is no second thread: a request costs one wake-up of the event loop
+ * instead of two (device thread, then event loop), which on virtual machines is most of a
+ * small operation's latency.
  *
  * The binding adds nothing to the requests: it passes the caller's uid, gid and umask, the open
  * flags, and setattr's exact to_set mask (so UTIME_NOW and UTIME_OMIT are told apart).
@@ -14,10 +15,11 @@
 #define NAPI_VERSION 8
 
 #include <errno.h>
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <node_api.h>
-#include <pthread.h>
 #include <stdlib.h>
+#include <uv.h>
 #include <string.h>
 #include <sys/mount.h>
 
@@ -29,12 +31,19 @@ enum op {
   OP_LISTXATTR, OP_REMOVEXATTR, OP_CREATE, OP_READDIRPLUS,
 };
 
+/* Requests handled per wake-up before other events get their turn. */
+#define BATCH 64
+
 typedef struct {
   struct fuse_session *se;
-  napi_threadsafe_function tsfn;
-  pthread_t thread;
-  int thread_started;
-  int loop_result;
+  napi_env env;
+  napi_ref handler;
+  napi_async_context async;
+  napi_ref resource;
+  uv_poll_t poll;
+  struct fuse_buf buf;
+  int polling;
+  int ended;
   char *mountpoint;
 } session;
 
@@ -42,8 +51,8 @@ typedef struct {
   int op;
   fuse_req_t req;
   double ino, ino2;
-  char *name, *name2;
-  char *data;
+  const char *name, *name2;
+  const char *data; /* borrowed from libfuse's buffer: copied into a Buffer on delivery */
   size_t size;
   double off;
   double mode, rdev, flags, fh;
@@ -64,8 +73,10 @@ typedef struct {
     }                                                                        \
   } while (0)
 
-static request *new_request(int op, fuse_req_t req, fuse_ino_t ino) {
-  request *r = calloc(1, sizeof(request));
+static void deliver(void *s, request *r);
+
+static void init_request(request *r, int op, fuse_req_t req, fuse_ino_t ino) {
+  memset(r, 0, sizeof *r);
   r->op = op;
   r->req = req;
   r->ino = (double)ino;
@@ -76,19 +87,14 @@ static request *new_request(int op, fuse_req_t req, fuse_ino_t ino) {
     r->pid = ctx->pid;
     r->umask = ctx->umask;
   }
-  return r;
 }
 
-static void post(fuse_req_t req, request *r) {
-  session *s = fuse_req_userdata(req);
-  if (napi_call_threadsafe_function(s->tsfn, r, napi_tsfn_nonblocking) != napi_ok) {
-    fuse_reply_err(req, EIO);
-    free(r->name);
-    free(r->name2);
-    free(r->data);
-    free(r);
-  }
-}
+#define REQUEST(op, req, ino) \
+  request r_;                 \
+  request *r = &r_;           \
+  init_request(r, op, req, ino)
+
+static void post(fuse_req_t req, request *r) { deliver(fuse_req_userdata(req), r); }
 
 /* --- the operations: copy what the request carries, queue it ---------------------------- */
 
@@ -102,8 +108,8 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
 }
 
 static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
-  request *r = new_request(OP_LOOKUP, req, parent);
-  r->name = strdup(name);
+  REQUEST(OP_LOOKUP, req, parent);
+  r->name = name;
   post(req, r);
 }
 
@@ -122,11 +128,12 @@ static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 
 static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   (void)fi;
-  post(req, new_request(OP_GETATTR, req, ino));
+  REQUEST(OP_GETATTR, req, ino);
+  post(req, r);
 }
 
 static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi) {
-  request *r = new_request(OP_SETATTR, req, ino);
+  REQUEST(OP_SETATTR, req, ino);
   r->to_set = to_set;
   r->fh = fi ? (double)fi->fh : -1;
   r->attr[0] = attr->st_mode;
@@ -140,67 +147,68 @@ static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
   post(req, r);
 }
 
-static void ll_readlink(fuse_req_t req, fuse_ino_t ino) { post(req, new_request(OP_READLINK, req, ino)); }
+static void ll_readlink(fuse_req_t req, fuse_ino_t ino) { REQUEST(OP_READLINK, req, ino);
+  post(req, r); }
 
 static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev) {
-  request *r = new_request(OP_MKNOD, req, parent);
-  r->name = strdup(name);
+  REQUEST(OP_MKNOD, req, parent);
+  r->name = name;
   r->mode = mode;
   r->rdev = (double)rdev;
   post(req, r);
 }
 
 static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode) {
-  request *r = new_request(OP_MKDIR, req, parent);
-  r->name = strdup(name);
+  REQUEST(OP_MKDIR, req, parent);
+  r->name = name;
   r->mode = mode;
   post(req, r);
 }
 
 static void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
-  request *r = new_request(OP_UNLINK, req, parent);
-  r->name = strdup(name);
+  REQUEST(OP_UNLINK, req, parent);
+  r->name = name;
   post(req, r);
 }
 
 static void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
-  request *r = new_request(OP_RMDIR, req, parent);
-  r->name = strdup(name);
+  REQUEST(OP_RMDIR, req, parent);
+  r->name = name;
   post(req, r);
 }
 
 static void ll_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name) {
-  request *r = new_request(OP_SYMLINK, req, parent);
-  r->name = strdup(name);
-  r->name2 = strdup(link);
+  REQUEST(OP_SYMLINK, req, parent);
+  r->name = name;
+  r->name2 = link;
   post(req, r);
 }
 
 static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                       const char *newname, unsigned int flags) {
-  request *r = new_request(OP_RENAME, req, parent);
-  r->name = strdup(name);
+  REQUEST(OP_RENAME, req, parent);
+  r->name = name;
   r->ino2 = (double)newparent;
-  r->name2 = strdup(newname);
+  r->name2 = newname;
   r->flags = flags;
   post(req, r);
 }
 
 static void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname) {
-  request *r = new_request(OP_LINK, req, ino);
+  REQUEST(OP_LINK, req, ino);
   r->ino2 = (double)newparent;
-  r->name = strdup(newname);
+  r->name = newname;
   post(req, r);
 }
 
 static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  request *r = new_request(OP_OPEN, req, ino);
+  REQUEST(OP_OPEN, req, ino);
   r->flags = fi->flags;
   post(req, r);
 }
 
 static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-  request *r = new_request(OP_READ, req, ino);
+  REQUEST(OP_READ, req, ino);
   r->size = size;
   r->off = (double)off;
   r->fh = (double)fi->fh;
@@ -209,10 +217,8 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 
 static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
                      struct fuse_file_info *fi) {
-  request *r = new_request(OP_WRITE, req, ino);
-  /* The buffer belongs to the loop and is reused once we return. */
-  r->data = malloc(size ? size : 1);
-  memcpy(r->data, buf, size);
+  REQUEST(OP_WRITE, req, ino);
+  r->data = buf;
   r->size = size;
   r->off = (double)off;
   r->fh = (double)fi->fh;
@@ -220,33 +226,33 @@ static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 }
 
 static void ll_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  request *r = new_request(OP_FLUSH, req, ino);
+  REQUEST(OP_FLUSH, req, ino);
   r->fh = (double)fi->fh;
   post(req, r);
 }
 
 static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  request *r = new_request(OP_RELEASE, req, ino);
+  REQUEST(OP_RELEASE, req, ino);
   r->fh = (double)fi->fh;
   r->flags = fi->flags;
   post(req, r);
 }
 
 static void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
-  request *r = new_request(OP_FSYNC, req, ino);
+  REQUEST(OP_FSYNC, req, ino);
   r->flags = datasync;
   r->fh = (double)fi->fh;
   post(req, r);
 }
 
 static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  request *r = new_request(OP_OPENDIR, req, ino);
+  REQUEST(OP_OPENDIR, req, ino);
   r->flags = fi->flags;
   post(req, r);
 }
 
 static void ll_readdir_any(int op, fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-  request *r = new_request(op, req, ino);
+  REQUEST(op, req, ino);
   r->size = size;
   r->off = (double)off;
   r->fh = (double)fi->fh;
@@ -262,52 +268,52 @@ static void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 }
 
 static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  request *r = new_request(OP_RELEASEDIR, req, ino);
+  REQUEST(OP_RELEASEDIR, req, ino);
   r->fh = (double)fi->fh;
   post(req, r);
 }
 
 static void ll_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
-  request *r = new_request(OP_FSYNCDIR, req, ino);
+  REQUEST(OP_FSYNCDIR, req, ino);
   r->flags = datasync;
   r->fh = (double)fi->fh;
   post(req, r);
 }
 
-static void ll_statfs(fuse_req_t req, fuse_ino_t ino) { post(req, new_request(OP_STATFS, req, ino)); }
+static void ll_statfs(fuse_req_t req, fuse_ino_t ino) { REQUEST(OP_STATFS, req, ino);
+  post(req, r); }
 
 static void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags) {
-  request *r = new_request(OP_SETXATTR, req, ino);
-  r->name = strdup(name);
-  r->data = malloc(size ? size : 1);
-  memcpy(r->data, value, size);
+  REQUEST(OP_SETXATTR, req, ino);
+  r->name = name;
+  r->data = value;
   r->size = size;
   r->flags = flags;
   post(req, r);
 }
 
 static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
-  request *r = new_request(OP_GETXATTR, req, ino);
-  r->name = strdup(name);
+  REQUEST(OP_GETXATTR, req, ino);
+  r->name = name;
   r->size = size;
   post(req, r);
 }
 
 static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
-  request *r = new_request(OP_LISTXATTR, req, ino);
+  REQUEST(OP_LISTXATTR, req, ino);
   r->size = size;
   post(req, r);
 }
 
 static void ll_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) {
-  request *r = new_request(OP_REMOVEXATTR, req, ino);
-  r->name = strdup(name);
+  REQUEST(OP_REMOVEXATTR, req, ino);
+  r->name = name;
   post(req, r);
 }
 
 static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi) {
-  request *r = new_request(OP_CREATE, req, parent);
-  r->name = strdup(name);
+  REQUEST(OP_CREATE, req, parent);
+  r->name = name;
   r->mode = mode;
   r->flags = fi->flags;
   post(req, r);
@@ -362,25 +368,10 @@ static napi_value num(napi_env env, double d) {
   return v;
 }
 
-static void free_data(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  free(data);
-}
-
 /* handler(op, req, ino, ino2, name, name2, data, size, off, mode, rdev, flags, fh, uid, gid, pid, umask, attr) */
-static void call_js(napi_env env, napi_value handler, void *context, void *data) {
-  (void)context;
-  request *r = data;
-  if (env == NULL) {
-    /* The function is being torn down: nothing can answer, so fail the request here. */
-    if (r->req) fuse_reply_err(r->req, EIO);
-    free(r->name);
-    free(r->name2);
-    free(r->data);
-    free(r);
-    return;
-  }
+static void deliver(void *userdata, request *r) {
+  session *s = userdata;
+  napi_env env = s->env;
   napi_value argv[18];
   argv[0] = num(env, r->op);
   if (r->req) napi_create_external(env, r->req, NULL, NULL, &argv[1]);
@@ -389,12 +380,8 @@ static void call_js(napi_env env, napi_value handler, void *context, void *data)
   argv[3] = num(env, r->ino2);
   argv[4] = str_or_undefined(env, r->name);
   argv[5] = str_or_undefined(env, r->name2);
-  if (r->data) {
-    napi_create_external_buffer(env, r->size, r->data, free_data, NULL, &argv[6]);
-    r->data = NULL;
-  } else {
-    napi_get_undefined(env, &argv[6]);
-  }
+  if (r->data) napi_create_buffer_copy(env, r->size, r->data, NULL, &argv[6]);
+  else napi_get_undefined(env, &argv[6]);
   argv[7] = num(env, (double)r->size);
   argv[8] = num(env, r->off);
   argv[9] = num(env, r->mode);
@@ -414,27 +401,55 @@ static void call_js(napi_env env, napi_value handler, void *context, void *data)
   } else {
     napi_get_undefined(env, &argv[17]);
   }
-  napi_value global;
+  napi_value handler, global;
+  napi_get_reference_value(env, s->handler, &handler);
   napi_get_global(env, &global);
-  napi_status status = napi_call_function(env, global, handler, 18, argv, NULL);
-  if (status == napi_pending_exception) {
+  if (napi_call_function(env, global, handler, 18, argv, NULL) == napi_pending_exception) {
     /* The dispatcher catches its own errors; this only happens on a bug there. */
     napi_value ignored;
     napi_get_and_clear_last_exception(env, &ignored);
   }
-  free(r->name);
-  free(r->name2);
-  free(r->data);
-  free(r);
 }
 
-static void *loop_thread(void *arg) {
-  session *s = arg;
-  s->loop_result = fuse_session_loop(s->se);
-  request *r = new_request(OP_ENDED, NULL, 0);
-  r->flags = s->loop_result;
-  napi_call_threadsafe_function(s->tsfn, r, napi_tsfn_blocking);
-  return NULL;
+static void stop_polling(session *s) {
+  if (s->polling) {
+    uv_poll_stop(&s->poll);
+    uv_close((uv_handle_t *)&s->poll, NULL);
+    s->polling = 0;
+  }
+}
+
+/* /dev/fuse is readable: handle what is queued there, in one callback scope so promise
+ * continuations run once at the end, as after any other I/O callback. */
+static void on_readable(uv_poll_t *handle, int status, int events) {
+  (void)events;
+  session *s = handle->data;
+  napi_env env = s->env;
+  napi_handle_scope hscope;
+  napi_callback_scope cscope;
+  napi_value resource;
+  napi_open_handle_scope(env, &hscope);
+  napi_get_reference_value(env, s->resource, &resource);
+  napi_open_callback_scope(env, resource, s->async, &cscope);
+  for (int i = 0; i < BATCH && status == 0; i++) {
+    int res = fuse_session_receive_buf(s->se, &s->buf);
+    if (res == -EINTR) continue;
+    if (res == -EAGAIN) break;
+    if (res <= 0 || fuse_session_exited(s->se)) {
+      s->ended = 1;
+      break;
+    }
+    fuse_session_process_buf(s->se, &s->buf);
+  }
+  if (status != 0) s->ended = 1;
+  if (s->ended) {
+    stop_polling(s);
+    request end;
+    init_request(&end, OP_ENDED, NULL, 0);
+    deliver(s, &end);
+  }
+  napi_close_callback_scope(env, cscope);
+  napi_close_handle_scope(env, hscope);
 }
 
 /* --- exported functions ------------------------------------------------------------------- */
@@ -696,6 +711,7 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   session *s = data;
+  free(s->buf.mem);
   free(s->mountpoint);
   free(s);
 }
@@ -710,6 +726,7 @@ static napi_value mount_fs(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_string_utf8(env, argv[1], options, sizeof options, &len));
 
   session *s = calloc(1, sizeof(session));
+  s->env = env;
   s->mountpoint = strdup(mountpoint);
   char *fuse_argv[] = {"lcfs", "-o", options, NULL};
   struct fuse_args args = FUSE_ARGS_INIT(3, fuse_argv);
@@ -727,19 +744,23 @@ static napi_value mount_fs(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "LCFS_EFUSE_MOUNT", "fuse_session_mount failed (see stderr)");
     return NULL;
   }
-  napi_value name;
+  int fd = fuse_session_fd(s->se);
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+
+  napi_value resource, name;
+  napi_create_object(env, &resource);
   napi_create_string_utf8(env, "lcfs-fuse", NAPI_AUTO_LENGTH, &name);
-  CHECK(napi_create_threadsafe_function(env, argv[2], NULL, name, 0, 1, NULL, NULL, NULL, call_js, &s->tsfn));
-  if (pthread_create(&s->thread, NULL, loop_thread, s) != 0) {
-    fuse_session_unmount(s->se);
-    fuse_session_destroy(s->se);
-    napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
-    free(s->mountpoint);
-    free(s);
-    napi_throw_error(env, "LCFS_EFUSE_MOUNT", "could not start the FUSE thread");
-    return NULL;
-  }
-  s->thread_started = 1;
+  CHECK(napi_async_init(env, resource, name, &s->async));
+  CHECK(napi_create_reference(env, resource, 1, &s->resource));
+  CHECK(napi_create_reference(env, argv[2], 1, &s->handler));
+
+  uv_loop_t *loop;
+  CHECK(napi_get_uv_event_loop(env, &loop));
+  uv_poll_init(loop, &s->poll, fd);
+  s->poll.data = s;
+  uv_poll_start(&s->poll, UV_READABLE, on_readable);
+  s->polling = 1;
+
   napi_value handle;
   CHECK(napi_create_external(env, s, finalize_session, NULL, &handle));
   return handle;
@@ -767,19 +788,20 @@ static napi_value unmount_fs(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* close(session): after the loop ended, joins its thread and frees the session. */
+/* close(session): after the session ended, releases it. */
 static napi_value close_fs(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   session *s = get_session(env, argv[0]);
-  if (s && s->thread_started) {
-    pthread_join(s->thread, NULL);
-    s->thread_started = 0;
+  if (s && s->se) {
+    stop_polling(s);
     fuse_session_unmount(s->se);
     fuse_session_destroy(s->se);
     s->se = NULL;
-    napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
+    napi_async_destroy(env, s->async);
+    napi_delete_reference(env, s->handler);
+    napi_delete_reference(env, s->resource);
   }
   return undefined(env);
 }
