@@ -20,6 +20,9 @@ import type { Timespec } from './types.js';
 
 const WHITEOUT = '.wh.';
 const OPAQUE = '.wh..wh..opq';
+/** AUFS metadata at the top of a layer; its `plnk` folder holds hard-link sources. */
+const AUFS_META = '.wh..wh.';
+const AUFS_LINKS = '.wh..wh.plnk';
 const ROOT_CALLER = { uid: 0, gid: 0 };
 
 export interface ApplyResult {
@@ -56,6 +59,8 @@ export async function applyTar(tree: LayerTree, chunks: ChunkStore, tar: Readabl
     for await (const { header, body } of readTar(tar)) {
       result.size += header.size;
       const parts = layerPath(header.path, header.path);
+      // AUFS metadata is not content; only its hard-link sources are kept, until the end.
+      if (parts[0]?.startsWith(AUFS_META) && parts[0] !== AUFS_LINKS) continue;
       try {
         if (parts.length === 0) {
           if (header.type === 'dir') applyAttrs(tree, tree.layer.root, header, dirTimes);
@@ -86,9 +91,11 @@ export async function applyTar(tree: LayerTree, chunks: ChunkStore, tar: Readabl
         throw new StoreError('LCFS_ETAR_INVALID', 'EINVAL', `tar entry "${header.path}": ${why}`);
       }
     }
+    const links = tree.entry(tree.layer.root, AUFS_LINKS);
+    if (links !== undefined) removeTree(tree, tree.layer.root, AUFS_LINKS, links);
     // Directory times last: creating entries inside a directory changes its mtime.
     for (const [ino, mtime] of dirTimes) {
-      tree.putInode(ino, { ...tree.inode(ino), mtime, atime: mtime });
+      if (tree.live(ino)) tree.putInode(ino, { ...tree.inode(ino), mtime, atime: mtime });
     }
     return result;
   } catch (err) {
@@ -113,6 +120,15 @@ function parentDir(tree: LayerTree, parts: string[], entry: string): number {
     dir = ino;
   }
   return dir;
+}
+
+/** Removes a directory name by name, so files linked from elsewhere keep the right link count. */
+function removeTree(tree: LayerTree, dir: number, name: string, ino: number): void {
+  const rec = tree.inode(ino);
+  if (isDir(rec.mode)) {
+    for (const [child, childIno] of tree.entries(ino)) removeTree(tree, ino, child, childIno);
+  }
+  tree.removeName(dir, tree.inode(dir), name, ino, tree.inode(ino));
 }
 
 function removeIfPresent(tree: LayerTree, dir: number, name: string): void {

@@ -25,6 +25,11 @@ type Found = { ino: number; rec: InodeRecord } | undefined;
 
 export class ChangeSet {
   readonly byPath = new Map<string, ChangeKind>();
+  /**
+   * Against its parent, a directory both layers share changed only if its own records say so.
+   * Against any other layer, layers in between may have changed it: every directory is walked.
+   */
+  private walkAll = false;
 
   constructor(
     private readonly layer: LayerTree,
@@ -48,6 +53,7 @@ export class ChangeSet {
 
   /** Changes by walking both trees whole. */
   async fromWalk(): Promise<Change[]> {
+    this.walkAll = true;
     await this.compareDirs('', this.layer.layer.root, this.base?.layer.root);
     return this.finish();
   }
@@ -72,7 +78,7 @@ export class ChangeSet {
     if (!isDir(ours.rec.mode)) return;
     if (!isDir(theirs.rec.mode)) {
       for (const [name, ino] of this.layer.entries(ours.ino)) this.addTree(`${path}/${name}`, { ino, rec: this.layer.inode(ino) });
-    } else if (ours.ino !== theirs.ino) {
+    } else if (this.walkAll || ours.ino !== theirs.ino) {
       // A directory replaced by another: its records say nothing about what it replaced.
       await this.compareDirs(path, ours.ino, theirs.ino);
     }
@@ -157,8 +163,21 @@ function sameXattrs(a: InodeRecord['xattrs'], b: InodeRecord['xattrs']): boolean
   return ka.every((k) => b?.[k] !== undefined && Buffer.from(a![k]).equals(Buffer.from(b[k])));
 }
 
-/** Docker's DiffSize: sizes of added or modified non-directories, hard links counted once. */
+/**
+ * A name to write a changed hard-linked file as a link to, rather than as content: one of its
+ * other names that did not change, and so already exists with this content below the diff.
+ * Without it, `ln /old /new` would come out as a copy of /old.
+ */
+function unchangedName(tree: LayerTree, ino: number, path: string, changed: ReadonlySet<string>): string | undefined {
+  return tree.paths(ino).find((p) => p !== path && !changed.has(p));
+}
+
+/**
+ * Docker's DiffSize: sizes of added or modified non-directories, hard links counted once. A
+ * file the diff writes as a link to an unchanged name adds nothing, as in the applied tar.
+ */
 export function changesSize(tree: LayerTree, changes: Change[]): number {
+  const changed = new Set(changes.map((c) => c.path));
   const seen = new Set<number>();
   let size = 0;
   for (const c of changes) {
@@ -166,7 +185,10 @@ export function changesSize(tree: LayerTree, changes: Change[]): number {
     const ino = tree.resolve(c.path);
     const rec = tree.inode(ino);
     if (isDir(rec.mode) || seen.has(ino)) continue;
-    if (rec.nlink > 1) seen.add(ino);
+    if (rec.nlink > 1) {
+      seen.add(ino);
+      if (isReg(rec.mode) && unchangedName(tree, ino, c.path, changed) !== undefined) continue;
+    }
     size += rec.size;
   }
   return size;
@@ -188,6 +210,7 @@ const TYPE_OF: Record<number, TarType> = {
 export function diffTar(tree: LayerTree, data: FileData, changes: Change[]): Readable {
   async function* entries(): AsyncGenerator<Buffer> {
     const firstPath = new Map<number, string>();
+    const changed = new Set(changes.map((c) => c.path));
     for (const change of changes) {
       const rel = change.path.slice(1);
       if (change.kind === ChangeKind.Delete) {
@@ -218,7 +241,15 @@ export function diffTar(tree: LayerTree, data: FileData, changes: Change[]): Rea
           yield encodeHeader({ ...header, type: 'link', linkname: first });
           continue;
         }
-        if (rec.nlink > 1) firstPath.set(ino, rel);
+        if (rec.nlink > 1) {
+          const kept = unchangedName(tree, ino, change.path, changed);
+          if (kept !== undefined) {
+            firstPath.set(ino, kept.slice(1));
+            yield encodeHeader({ ...header, type: 'link', linkname: kept.slice(1) });
+            continue;
+          }
+          firstPath.set(ino, rel);
+        }
         header.size = rec.size;
       }
       yield encodeHeader(header);

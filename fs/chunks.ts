@@ -273,8 +273,12 @@ export class ChunkStore {
     return removed;
   }
 
+  /** Resolves once no chunk file removal is under way. */
+  async settle(): Promise<void> {
+    while (this.unlinking.size > 0) await Promise.all(this.unlinking.values());
+  }
+
   async close(): Promise<void> {
-    await Promise.all(this.unlinking.values());
     const handles = [...this.handles.values()];
     this.handles.clear();
     await Promise.all(handles.map(async (h) => (await h).fh.close().catch(() => undefined)));

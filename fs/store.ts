@@ -409,6 +409,9 @@ class LocalLayerStore implements LayerStore {
     if (this.closed) return;
     this.closed = true;
     await Promise.all(this.background);
+    // Chunk removals read and write the metadata: let them finish while it is open.
+    await this.meta.flush();
+    await this.chunks.settle();
     await this.meta.close();
     await this.chunks.close();
   }
