@@ -25,6 +25,8 @@ const run = promisify(execFile);
 const MAX_HANDLES = 256;
 /** Mirrors CHUNK_SIZE; kept here so the chunk layer does not depend on the store's API module. */
 const CHUNK_LIMIT = 1 << 20;
+/** Chunks remembered as prefetched, so a sequential reader triggers each read-ahead once. */
+const PREFETCH_MEMORY = 1024;
 /** Past this many files, one syncfs of the backing filesystem beats an fsync per file. */
 const SYNCFS_THRESHOLD = 32;
 
@@ -49,6 +51,7 @@ export class ChunkStore {
   private readonly unlinking = new Map<string, Promise<void>>();
   private readonly writing = new Map<string, Promise<void>>();
   private readonly unsyncedMutable = new Set<string>();
+  private readonly prefetched = new Set<string>();
 
   private constructor(
     private readonly dir: string,
@@ -87,6 +90,17 @@ export class ChunkStore {
       }
       out.fill(0, done);
     });
+  }
+
+  /**
+   * Starts reading a sealed chunk into the page cache, so that a sequential reader finds it
+   * there; chunks are separate files, so the kernel's own read-ahead stops at each one's end.
+   */
+  prefetch(ref: string): void {
+    if (!isSealed(ref) || this.prefetched.has(ref)) return;
+    this.prefetched.add(ref);
+    if (this.prefetched.size > PREFETCH_MEMORY) this.prefetched.delete(this.prefetched.values().next().value as string);
+    void this.withHandle(ref, (fh) => fh.read(Buffer.allocUnsafe(CHUNK_LIMIT), 0, CHUNK_LIMIT, 0)).catch(() => undefined);
   }
 
   /** A new, empty mutable chunk holding one reference. */

@@ -35,6 +35,8 @@ export class FileData {
       const ref = chunks[idx] ?? '';
       if (ref === '') slice.fill(0);
       else reads.push(this.chunks.read(ref, inChunk, slice));
+      // A read at the start of a chunk looks sequential: start on the next one now.
+      if (inChunk === 0) this.chunks.prefetch(chunks[idx + 1] ?? '');
       pos += n;
     }
     await Promise.all(reads);
