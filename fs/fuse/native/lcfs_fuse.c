@@ -108,6 +108,8 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   conn->max_readahead = 1 << 20;
   if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  /* A symlink's target never changes: it is created with it. */
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 }
 
 static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
