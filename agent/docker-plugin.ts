@@ -37,21 +37,26 @@ interface LayerRef {
   Parent: string | null;
 }
 
-type Handler = (body: Record<string, unknown>, req: IncomingMessage, res: ServerResponse) => Promise<unknown>;
+type Handler = (
+  body: Record<string, unknown>,
+  req: IncomingMessage,
+  res: ServerResponse,
+) => unknown;
 
 export async function startDockerPlugin(opts: DockerPluginOptions): Promise<DockerPlugin> {
   const { store, mountpoint, logger: log } = opts;
 
   const handlers: Record<string, Handler> = {
-    'Plugin.Activate': async () => ({ Implements: ['GraphDriver'] }),
-    'GraphDriver.Init': async () => {
+    'Plugin.Activate': () => ({ Implements: ['GraphDriver'] }),
+    'GraphDriver.Init': () => {
       // A new dockerd holds none of the mounts an old one took: its Gets start from zero.
-      for (const layer of store.listLayers()) while (store.layer(layer.id).refs > 0) store.put(layer.id);
+      for (const layer of store.listLayers())
+        while (store.layer(layer.id).refs > 0) store.put(layer.id);
       return {};
     },
     // Diffs are rebuilt from the store's records, not the bytes dockerd sent: dockerd keeps
     // tar-split data to reproduce exact tars for save and push.
-    'GraphDriver.Capabilities': async () => ({ Capabilities: { ReproducesExactDiffs: false } }),
+    'GraphDriver.Capabilities': () => ({ Capabilities: { ReproducesExactDiffs: false } }),
     'GraphDriver.Create': async (b) => {
       const { ID, Parent } = layerRef(b);
       await store.createLayer(ID, Parent);
@@ -66,16 +71,16 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
       await store.removeLayer(id(b));
       return {};
     },
-    'GraphDriver.Get': async (b) => {
+    'GraphDriver.Get': (b) => {
       const layer = id(b);
       store.get(layer);
       return { Dir: join(mountpoint, layer) };
     },
-    'GraphDriver.Put': async (b) => {
+    'GraphDriver.Put': (b) => {
       store.put(id(b));
       return {};
     },
-    'GraphDriver.Exists': async (b) => ({ Exists: store.exists(id(b)) }),
+    'GraphDriver.Exists': (b) => ({ Exists: store.exists(id(b)) }),
     'GraphDriver.Status': async () => {
       const fs = await store.statfs();
       const layers = store.listLayers();
@@ -90,7 +95,7 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
         ],
       };
     },
-    'GraphDriver.GetMetadata': async (b) => {
+    'GraphDriver.GetMetadata': (b) => {
       const info = store.layer(id(b));
       return {
         Metadata: {
@@ -139,7 +144,8 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
     const url = new URL(req.url ?? '/', 'http://plugin');
     const name = url.pathname.slice(1);
     try {
-      if (req.method !== 'POST') throw new BadRequest(`${req.method} ${url.pathname}: only POST is served`);
+      if (req.method !== 'POST')
+        throw new BadRequest(`${req.method} ${url.pathname}: only POST is served`);
       if (name === 'GraphDriver.ApplyDiff') {
         const layer = rawQuery(req.url ?? '', 'id');
         if (!layer) throw new BadRequest('ApplyDiff needs ?id=');
@@ -157,7 +163,8 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
         return;
       }
       const expected = err instanceof BadRequest || isStoreError(err);
-      if (expected) log?.debug({ endpoint: name, err: (err as Error).message }, 'plugin request refused');
+      if (expected)
+        log?.debug({ endpoint: name, err: (err as Error).message }, 'plugin request refused');
       else log?.error({ err, endpoint: name }, 'plugin request failed');
       reply(res, err instanceof BadRequest ? 400 : 500, { Err: errMessage(err) });
       // Whatever of the request body was not read (a refused ApplyDiff) is dropped.
@@ -213,19 +220,22 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   } catch {
     throw new BadRequest('request body is not valid JSON');
   }
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new BadRequest('request body must be a JSON object');
+  if (typeof body !== 'object' || body === null || Array.isArray(body))
+    throw new BadRequest('request body must be a JSON object');
   return body as Record<string, unknown>;
 }
 
 function id(body: Record<string, unknown>): string {
   const value = body.ID;
-  if (typeof value !== 'string' || value === '') throw new BadRequest('ID must be a non-empty string');
+  if (typeof value !== 'string' || value === '')
+    throw new BadRequest('ID must be a non-empty string');
   return value;
 }
 
 function layerRef(body: Record<string, unknown>): LayerRef {
   const parent = body.Parent;
-  if (parent !== undefined && parent !== null && typeof parent !== 'string') throw new BadRequest('Parent must be a string');
+  if (parent !== undefined && parent !== null && typeof parent !== 'string')
+    throw new BadRequest('Parent must be a string');
   return { ID: id(body), Parent: parent ? parent : null };
 }
 

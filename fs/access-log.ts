@@ -46,7 +46,8 @@ export class AccessLog {
     l.lastAccess = t;
     const key = `${layer}/${ino}`;
     let f = this.files.get(key);
-    if (f) this.files.delete(key); // re-inserted below: Map order is recency order
+    if (f)
+      this.files.delete(key); // re-inserted below: Map order is recency order
     else f = blank();
     apply(f);
     f.lastAccess = t;

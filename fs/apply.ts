@@ -51,7 +51,11 @@ export function layerPath(raw: string, entry: string): string[] {
  * the caller commits it. Whiteouts, opaque directories and hard links follow Docker's layer
  * format; paths are resolved without following symlinks, so no entry can reach outside.
  */
-export async function applyTar(tree: LayerTree, chunks: ChunkStore, tar: Readable): Promise<ApplyResult> {
+export async function applyTar(
+  tree: LayerTree,
+  chunks: ChunkStore,
+  tar: Readable,
+): Promise<ApplyResult> {
   const result: ApplyResult = { size: 0, written: [], pinned: [] };
   const addedHere = new Set<string>();
   const dirTimes = new Map<number, Timespec>();
@@ -70,7 +74,8 @@ export async function applyTar(tree: LayerTree, chunks: ChunkStore, tar: Readabl
         const dir = parentDir(tree, parts, header.path);
         if (name.startsWith(WHITEOUT)) {
           if (name === OPAQUE) makeOpaque(tree, dir, addedHere);
-          else if (!name.startsWith(WHITEOUT + WHITEOUT)) removeIfPresent(tree, dir, name.slice(WHITEOUT.length));
+          else if (!name.startsWith(WHITEOUT + WHITEOUT))
+            removeIfPresent(tree, dir, name.slice(WHITEOUT.length));
           continue;
         }
         addedHere.add(`${dir}/${name}`);
@@ -86,7 +91,11 @@ export async function applyTar(tree: LayerTree, chunks: ChunkStore, tar: Readabl
         const ino = await createNode(tree, chunks, dir, name, header, body, result);
         applyAttrs(tree, ino, header, dirTimes);
       } catch (err) {
-        if (isStoreError(err) && (err.code === 'LCFS_ETAR_UNSAFE' || err.code === 'LCFS_ETAR_INVALID')) throw err;
+        if (
+          isStoreError(err) &&
+          (err.code === 'LCFS_ETAR_UNSAFE' || err.code === 'LCFS_ETAR_INVALID')
+        )
+          throw err;
         const why = err instanceof Error ? err.message : String(err);
         throw new StoreError('LCFS_ETAR_INVALID', 'EINVAL', `tar entry "${header.path}": ${why}`);
       }
@@ -116,7 +125,12 @@ function parentDir(tree: LayerTree, parts: string[], entry: string): number {
     }
     const rec = tree.inode(ino);
     if (isLnk(rec.mode)) throw unsafe(entry, `parent ${part} is a symlink`);
-    if (!isDir(rec.mode)) throw new StoreError('LCFS_ETAR_INVALID', 'ENOTDIR', `tar entry "${entry}": ${part} is not a directory`);
+    if (!isDir(rec.mode))
+      throw new StoreError(
+        'LCFS_ETAR_INVALID',
+        'ENOTDIR',
+        `tar entry "${entry}": ${part} is not a directory`,
+      );
     dir = ino;
   }
   return dir;
@@ -139,7 +153,8 @@ function removeIfPresent(tree: LayerTree, dir: number, name: string): void {
 /** Hides everything in `dir` that this apply did not itself put there. */
 function makeOpaque(tree: LayerTree, dir: number, addedHere: Set<string>): void {
   for (const [name, ino] of tree.entries(dir)) {
-    if (!addedHere.has(`${dir}/${name}`)) tree.removeName(dir, tree.inode(dir), name, ino, tree.inode(ino));
+    if (!addedHere.has(`${dir}/${name}`))
+      tree.removeName(dir, tree.inode(dir), name, ino, tree.inode(ino));
   }
 }
 
@@ -164,7 +179,12 @@ async function createNode(
         const rec = tree.inode(ino);
         if (isLnk(rec.mode)) throw unsafe(h.path, `hard link target goes through symlink ${part}`);
         const next = tree.entry(ino, part);
-        if (next === undefined) throw new StoreError('LCFS_ETAR_INVALID', 'ENOENT', `tar entry "${h.path}": hard link target ${h.linkname} does not exist`);
+        if (next === undefined)
+          throw new StoreError(
+            'LCFS_ETAR_INVALID',
+            'ENOENT',
+            `tar entry "${h.path}": hard link target ${h.linkname} does not exist`,
+          );
         ino = next;
       }
       if (isDir(tree.inode(ino).mode)) throw unsafe(h.path, 'hard link to a directory');
@@ -188,7 +208,11 @@ async function createNode(
 }
 
 /** Cuts a body into chunks, storing each under its hash; a chunk the store holds costs nothing. */
-async function storeContent(chunks: ChunkStore, body: AsyncIterable<Buffer>, result: ApplyResult): Promise<string[]> {
+async function storeContent(
+  chunks: ChunkStore,
+  body: AsyncIterable<Buffer>,
+  result: ApplyResult,
+): Promise<string[]> {
   const refs: string[] = [];
   let buf = Buffer.allocUnsafe(CHUNK_SIZE);
   let fill = 0;
@@ -202,7 +226,7 @@ async function storeContent(chunks: ChunkStore, body: AsyncIterable<Buffer>, res
     fill = 0;
   };
   for await (const part of body) {
-    for (let at = 0; at < part.length; ) {
+    for (let at = 0; at < part.length;) {
       const n = Math.min(part.length - at, CHUNK_SIZE - fill);
       part.copy(buf, fill, at, at + n);
       fill += n;
@@ -214,7 +238,12 @@ async function storeContent(chunks: ChunkStore, body: AsyncIterable<Buffer>, res
   return refs;
 }
 
-function applyAttrs(tree: LayerTree, ino: number, h: TarHeader, dirTimes: Map<number, Timespec>): void {
+function applyAttrs(
+  tree: LayerTree,
+  ino: number,
+  h: TarHeader,
+  dirTimes: Map<number, Timespec>,
+): void {
   const rec: InodeRecord = tree.inode(ino);
   const xattrs: Record<string, Uint8Array> = {};
   for (const [k, v] of Object.entries(h.xattrs)) xattrs[k] = Uint8Array.from(v);

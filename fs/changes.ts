@@ -2,8 +2,25 @@ import { Readable } from 'node:stream';
 import { isSealed } from './chunks.js';
 import type { FileData } from './file-data.js';
 import { CHUNK_SIZE } from './layer-store.js';
-import { isDir, isReg, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, type InodeRecord } from './records.js';
-import { encodeHeader, END_OF_ARCHIVE, padding, splitDev, type TarHeader, type TarType } from './tar.js';
+import {
+  isDir,
+  isReg,
+  S_IFBLK,
+  S_IFCHR,
+  S_IFDIR,
+  S_IFIFO,
+  S_IFLNK,
+  S_IFMT,
+  type InodeRecord,
+} from './records.js';
+import {
+  encodeHeader,
+  END_OF_ARCHIVE,
+  padding,
+  splitDev,
+  type TarHeader,
+  type TarType,
+} from './tar.js';
 import type { LayerTree } from './tree.js';
 import { ChangeKind, type Change } from './types.js';
 
@@ -67,17 +84,23 @@ export class ChangeSet {
       const parent = path.slice(0, path.lastIndexOf('/'));
       const op = find(this.layer, parent);
       const tp = this.base ? find(this.base, parent) : undefined;
-      if (op && tp && isDir(op.rec.mode) && isDir(tp.rec.mode)) this.byPath.set(path, ChangeKind.Delete);
+      if (op && tp && isDir(op.rec.mode) && isDir(tp.rec.mode))
+        this.byPath.set(path, ChangeKind.Delete);
     } else if (ours && theirs) {
       await this.compareNodes(path, ours, theirs);
     }
   }
 
-  private async compareNodes(path: string, ours: NonNullable<Found>, theirs: NonNullable<Found>): Promise<void> {
+  private async compareNodes(
+    path: string,
+    ours: NonNullable<Found>,
+    theirs: NonNullable<Found>,
+  ): Promise<void> {
     if (await this.differs(ours, theirs)) this.byPath.set(path, ChangeKind.Modify);
     if (!isDir(ours.rec.mode)) return;
     if (!isDir(theirs.rec.mode)) {
-      for (const [name, ino] of this.layer.entries(ours.ino)) this.addTree(`${path}/${name}`, { ino, rec: this.layer.inode(ino) });
+      for (const [name, ino] of this.layer.entries(ours.ino))
+        this.addTree(`${path}/${name}`, { ino, rec: this.layer.inode(ino) });
     } else if (this.walkAll || ours.ino !== theirs.ino) {
       // A directory replaced by another: its records say nothing about what it replaced.
       await this.compareDirs(path, ours.ino, theirs.ino);
@@ -86,8 +109,11 @@ export class ChangeSet {
 
   private async compareDirs(path: string, ours: number, theirs: number | undefined): Promise<void> {
     const mine = this.layer.entries(ours);
-    const other = theirs !== undefined && this.base ? this.base.entries(theirs) : new Map<string, number>();
-    for (const [name, ino] of other) if (!mine.has(name)) this.byPath.set(`${path}/${name}`, ChangeKind.Delete);
+    const other =
+      theirs !== undefined && this.base ? this.base.entries(theirs) : new Map<string, number>();
+    for (const name of other.keys()) {
+      if (!mine.has(name)) this.byPath.set(`${path}/${name}`, ChangeKind.Delete);
+    }
     for (const [name, ino] of mine) {
       const o = { ino, rec: this.layer.inode(ino) };
       const t = other.get(name);
@@ -168,7 +194,12 @@ function sameXattrs(a: InodeRecord['xattrs'], b: InodeRecord['xattrs']): boolean
  * other names that did not change, and so already exists with this content below the diff.
  * Without it, `ln /old /new` would come out as a copy of /old.
  */
-function unchangedName(tree: LayerTree, ino: number, path: string, changed: ReadonlySet<string>): string | undefined {
+function unchangedName(
+  tree: LayerTree,
+  ino: number,
+  path: string,
+  changed: ReadonlySet<string>,
+): string | undefined {
   return tree.paths(ino).find((p) => p !== path && !changed.has(p));
 }
 
@@ -233,7 +264,9 @@ export function diffTar(tree: LayerTree, data: FileData, changes: Change[]): Rea
         linkname: rec.target ?? '',
         devmajor,
         devminor,
-        xattrs: Object.fromEntries(Object.entries(rec.xattrs ?? {}).map(([k, v]) => [k, Buffer.from(v)])),
+        xattrs: Object.fromEntries(
+          Object.entries(rec.xattrs ?? {}).map(([k, v]) => [k, Buffer.from(v)]),
+        ),
       };
       if (header.type === 'file') {
         const first = firstPath.get(ino);
@@ -256,7 +289,8 @@ export function diffTar(tree: LayerTree, data: FileData, changes: Change[]): Rea
       if (header.size > 0) await data.seal(tree, ino);
       for (let at = 0; at < header.size; at += CHUNK_SIZE) {
         const part = await data.read(tree, ino, at, Math.min(CHUNK_SIZE, header.size - at));
-        if (part.length !== Math.min(CHUNK_SIZE, header.size - at)) throw new Error(`${change.path} changed size during diff`);
+        if (part.length !== Math.min(CHUNK_SIZE, header.size - at))
+          throw new Error(`${change.path} changed size during diff`);
         yield part;
       }
       yield padding(header.size);

@@ -1,6 +1,15 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { link, mkdir, open, readdir, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import {
+  link,
+  mkdir,
+  open,
+  readdir,
+  rename,
+  unlink,
+  writeFile,
+  type FileHandle,
+} from 'node:fs/promises';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -99,8 +108,11 @@ export class ChunkStore {
   prefetch(ref: string): void {
     if (!isSealed(ref) || this.prefetched.has(ref)) return;
     this.prefetched.add(ref);
-    if (this.prefetched.size > PREFETCH_MEMORY) this.prefetched.delete(this.prefetched.values().next().value as string);
-    void this.withHandle(ref, (fh) => fh.read(Buffer.allocUnsafe(CHUNK_LIMIT), 0, CHUNK_LIMIT, 0)).catch(() => undefined);
+    if (this.prefetched.size > PREFETCH_MEMORY)
+      this.prefetched.delete(this.prefetched.values().next().value as string);
+    void this.withHandle(ref, (fh) =>
+      fh.read(Buffer.allocUnsafe(CHUNK_LIMIT), 0, CHUNK_LIMIT, 0),
+    ).catch(() => undefined);
   }
 
   /** A new, empty mutable chunk holding one reference. */
@@ -138,7 +150,11 @@ export class ChunkStore {
    * A mutable copy of the first `length` bytes of `src` (`''` is a hole), with `patch` written
    * over it, in one write: a 4 KiB change to a shared chunk costs one chunk, not one plus 4 KiB.
    */
-  async copyToMutable(src: string, length: number, patch?: { offset: number; data: Uint8Array }): Promise<string> {
+  async copyToMutable(
+    src: string,
+    length: number,
+    patch?: { offset: number; data: Uint8Array },
+  ): Promise<string> {
     const ref = await this.createMutable();
     if (src === '' || length === 0) {
       // Nothing to keep: the patch alone, and a hole (zeros) before it.
@@ -270,15 +286,19 @@ export class ChunkStore {
     let removed = 0;
     let seen = 0;
     const dirs = [join(this.dir, 'mutable')];
-    for (let i = 0; i < 256; i++) dirs.push(join(this.dir, 'sealed', i.toString(16).padStart(2, '0')));
+    for (let i = 0; i < 256; i++)
+      dirs.push(join(this.dir, 'sealed', i.toString(16).padStart(2, '0')));
     for (const dir of dirs) {
       for (const name of await readdir(dir)) {
         if (++seen % 1000 === 0) await yieldToLoop();
         const mine = name.endsWith(`.${process.pid}.tmp`);
         const orphan = name.endsWith('.tmp')
           ? !mine
-          : this.count(name) === 0 && !this.pins.has(name) && !this.writing.has(name) &&
-            !this.unlinking.has(name) && this.meta.get(`u/${name}`) === undefined;
+          : this.count(name) === 0 &&
+            !this.pins.has(name) &&
+            !this.writing.has(name) &&
+            !this.unlinking.has(name) &&
+            this.meta.get(`u/${name}`) === undefined;
         if (!orphan) continue;
         await unlink(join(dir, name)).catch(() => undefined);
         removed++;

@@ -27,7 +27,7 @@ export class FileData {
     const out = Buffer.allocUnsafe(end - offset);
     const { chunks } = tree.findContent(ino);
     const reads: Array<Promise<void>> = [];
-    for (let pos = offset; pos < end; ) {
+    for (let pos = offset; pos < end;) {
       const idx = Math.floor(pos / CHUNK_SIZE);
       const inChunk = pos - idx * CHUNK_SIZE;
       const n = Math.min(CHUNK_SIZE - inChunk, end - pos);
@@ -47,10 +47,11 @@ export class FileData {
     return this.locked(tree, ino, async () => {
       tree.assertWritable();
       const rec = tree.inode(ino);
-      if (!isReg(rec.mode)) throw nodeError(isDir(rec.mode) ? 'EISDIR' : 'EINVAL', `write to inode ${ino}`);
+      if (!isReg(rec.mode))
+        throw nodeError(isDir(rec.mode) ? 'EISDIR' : 'EINVAL', `write to inode ${ino}`);
       this.ownContent(tree, ino);
       const end = offset + data.length;
-      for (let pos = offset; pos < end; ) {
+      for (let pos = offset; pos < end;) {
         const idx = Math.floor(pos / CHUNK_SIZE);
         const inChunk = pos - idx * CHUNK_SIZE;
         const n = Math.min(CHUNK_SIZE - inChunk, end - pos);
@@ -74,7 +75,8 @@ export class FileData {
     return this.locked(tree, ino, async () => {
       tree.assertWritable();
       const rec = tree.inode(ino);
-      if (!isReg(rec.mode)) throw nodeError(isDir(rec.mode) ? 'EISDIR' : 'EINVAL', `truncate inode ${ino}`);
+      if (!isReg(rec.mode))
+        throw nodeError(isDir(rec.mode) ? 'EISDIR' : 'EINVAL', `truncate inode ${ino}`);
       if (size < rec.size) {
         const list = [...this.ownContent(tree, ino)];
         const keep = Math.ceil(size / CHUNK_SIZE);
@@ -118,7 +120,8 @@ export class FileData {
     const before = tree.view.get<ContentRecord>(key);
     if (!before) return undefined;
     const ref = before[idx] ?? '';
-    if (ref !== '' && !isSealed(ref) && this.chunks.count(ref) === 1) return { ref, copied: false, patched: false };
+    if (ref !== '' && !isSealed(ref) && this.chunks.count(ref) === 1)
+      return { ref, copied: false, patched: false };
     const valid = Math.max(0, Math.min(CHUNK_SIZE, tree.inode(ino).size - idx * CHUNK_SIZE));
     const fresh = await this.chunks.copyToMutable(ref, Math.min(keep, valid), patch);
     const list = tree.view.get<ContentRecord>(key);
@@ -169,7 +172,9 @@ export class FileData {
   /** Resolves once no write or truncate on layer `index` is in flight. */
   async idle(index: number): Promise<void> {
     const prefix = `${index}/`;
-    await Promise.all([...this.locks].filter(([key]) => key.startsWith(prefix)).map(([, tail]) => tail));
+    await Promise.all(
+      [...this.locks].filter(([key]) => key.startsWith(prefix)).map(([, tail]) => tail),
+    );
   }
 
   private locked<T>(tree: LayerTree, ino: number, fn: () => Promise<T>): Promise<T> {

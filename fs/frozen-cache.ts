@@ -21,7 +21,8 @@ export class FrozenCache {
 
   set(key: string, value: unknown): void {
     this.entries.set(key, value);
-    if (this.entries.size > MAX_ENTRIES) this.entries.delete(this.entries.keys().next().value as string);
+    if (this.entries.size > MAX_ENTRIES)
+      this.entries.delete(this.entries.keys().next().value as string);
   }
 
   /** A key for content lookups that goes stale when any frozen content is resealed. */

@@ -14,6 +14,7 @@ import { open, type RootDatabase } from 'lmdb';
  */
 
 const DELETED = Symbol('deleted');
+/** A pending value, or DELETED for a pending removal. */
 type Pending = unknown;
 type Groups = Map<string, Map<string, Pending>>;
 
@@ -33,7 +34,7 @@ export function splitKey(key: string): [string, string] {
   return [key.slice(0, at), key.slice(at + 1)];
 }
 
-function groupGet(groups: Groups, key: string): Pending | undefined {
+function groupGet(groups: Groups, key: string): Pending {
   const [group, leaf] = splitKey(key);
   return groups.get(group)?.get(leaf);
 }
@@ -41,7 +42,7 @@ function groupGet(groups: Groups, key: string): Pending | undefined {
 function groupSet(groups: Groups, key: string, value: Pending): void {
   const [group, leaf] = splitKey(key);
   let leaves = groups.get(group);
-  if (!leaves) groups.set(group, (leaves = new Map()));
+  if (!leaves) groups.set(group, (leaves = new Map<string, Pending>()));
   leaves.set(leaf, value);
 }
 
@@ -115,7 +116,8 @@ export class MetaDB implements MetaView {
   /** Every key under `prefix`, overlay included. For whole-layer scans, which are rare. */
   keys(prefix: string): Set<string> {
     const out = new Set<string>();
-    for (const key of this.db.getKeys({ start: prefix, end: rangeEnd(prefix) })) out.add(key as string);
+    for (const key of this.db.getKeys({ start: prefix, end: rangeEnd(prefix) }))
+      out.add(key as string);
     for (const layer of [this.inFlight, this.pending]) {
       if (!layer) continue;
       for (const [group, leaves] of layer) {

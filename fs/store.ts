@@ -23,7 +23,16 @@ import {
   type LayerRecord,
 } from './records.js';
 import { checkName, LayerTree, type TreeContext } from './tree.js';
-import type { AccessCounters, Attr, AttrChange, Caller, Change, DirEntry, LayerInfo, StoreStatfs } from './types.js';
+import type {
+  AccessCounters,
+  Attr,
+  AttrChange,
+  Caller,
+  Change,
+  DirEntry,
+  LayerInfo,
+  StoreStatfs,
+} from './types.js';
 
 export interface OpenOptions {
   /** Where the store keeps its metadata and chunks: a directory on a local disk. */
@@ -85,7 +94,8 @@ class LocalLayerStore implements LayerStore {
   async createLayer(id: string, parent: string | null): Promise<LayerInfo> {
     this.assertOpen();
     checkLayerId(id);
-    if (this.layers.has(id)) throw new StoreError('LCFS_ELAYER_EXISTS', 'EEXIST', `layer ${id} already exists`);
+    if (this.layers.has(id))
+      throw new StoreError('LCFS_ELAYER_EXISTS', 'EEXIST', `layer ${id} already exists`);
     let depth = 0;
     let root: number;
     if (parent !== null) {
@@ -94,7 +104,8 @@ class LocalLayerStore implements LayerStore {
       depth = p.depth + 1;
       root = p.root;
       // Another call may have raced us through the await.
-      if (this.layers.has(id)) throw new StoreError('LCFS_ELAYER_EXISTS', 'EEXIST', `layer ${id} already exists`);
+      if (this.layers.has(id))
+        throw new StoreError('LCFS_ELAYER_EXISTS', 'EEXIST', `layer ${id} already exists`);
       this.record(parent);
     }
     const index = this.next('m/layer');
@@ -114,7 +125,15 @@ class LocalLayerStore implements LayerStore {
         links: [],
       });
     }
-    const rec: LayerRecord = { id, parent, index, depth, state: 'writable', createdAt: Date.now(), root: root! };
+    const rec: LayerRecord = {
+      id,
+      parent,
+      index,
+      depth,
+      state: 'writable',
+      createdAt: Date.now(),
+      root: root!,
+    };
     this.meta.put(layerKey(id), rec);
     this.remember(rec);
     await this.meta.flush();
@@ -126,7 +145,8 @@ class LocalLayerStore implements LayerStore {
     this.assertOpen();
     const rec = this.record(id);
     if (rec.state === 'frozen') return;
-    if (this.applying.has(id)) throw new StoreError('LCFS_ELAYER_IN_USE', 'EBUSY', `layer ${id} is being applied to`);
+    if (this.applying.has(id))
+      throw new StoreError('LCFS_ELAYER_IN_USE', 'EBUSY', `layer ${id} is being applied to`);
     await this.data.idle(rec.index);
     await this.chunks.syncMutable(this.ownChunks(rec.index));
     const frozen: LayerRecord = { ...this.record(id), state: 'frozen' };
@@ -140,7 +160,11 @@ class LocalLayerStore implements LayerStore {
     const rec = this.record(id);
     const kids = this.children.get(id)?.size ?? 0;
     if (kids > 0) {
-      throw new StoreError('LCFS_ELAYER_HAS_CHILDREN', 'EBUSY', `layer ${id} has ${kids} child layer(s); remove them first`);
+      throw new StoreError(
+        'LCFS_ELAYER_HAS_CHILDREN',
+        'EBUSY',
+        `layer ${id} has ${kids} child layer(s); remove them first`,
+      );
     }
     if ((this.refs.get(id) ?? 0) > 0 || this.applying.has(id)) {
       throw new StoreError('LCFS_ELAYER_IN_USE', 'EBUSY', `layer ${id} is in use`);
@@ -292,7 +316,10 @@ class LocalLayerStore implements LayerStore {
     tree.assertWritable();
     if (change.size !== undefined) await this.data.truncate(tree, ino, change.size);
     const { size: _size, ...rest } = change;
-    const rec = Object.keys(rest).length > 0 || change.size === undefined ? tree.setattr(ino, rest) : tree.inode(ino);
+    const rec =
+      Object.keys(rest).length > 0 || change.size === undefined
+        ? tree.setattr(ino, rest)
+        : tree.inode(ino);
     return toAttr(ino, rec);
   }
 
@@ -314,7 +341,15 @@ class LocalLayerStore implements LayerStore {
 
   async statfs(): Promise<StoreStatfs> {
     const s = await statfs(this.dir);
-    return { bsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, namelen: 255 };
+    return {
+      bsize: s.bsize,
+      blocks: s.blocks,
+      bfree: s.bfree,
+      bavail: s.bavail,
+      files: s.files,
+      ffree: s.ffree,
+      namelen: 255,
+    };
   }
 
   async fsync(id: string, ino: number): Promise<void> {
@@ -364,11 +399,20 @@ class LocalLayerStore implements LayerStore {
     this.assertOpen();
     const rec = this.record(id);
     if (parent !== rec.parent) {
-      throw new StoreError('LCFS_EPARENT_MISMATCH', 'EINVAL', `layer ${id} has parent ${rec.parent ?? 'none'}, not ${parent ?? 'none'}`);
+      throw new StoreError(
+        'LCFS_EPARENT_MISMATCH',
+        'EINVAL',
+        `layer ${id} has parent ${rec.parent ?? 'none'}, not ${parent ?? 'none'}`,
+      );
     }
     const live = this.tree(id);
     live.assertWritable();
-    if (this.applying.has(id)) throw new StoreError('LCFS_ELAYER_IN_USE', 'EBUSY', `layer ${id} is already being applied to`);
+    if (this.applying.has(id))
+      throw new StoreError(
+        'LCFS_ELAYER_IN_USE',
+        'EBUSY',
+        `layer ${id} is already being applied to`,
+      );
     this.applying.add(id);
     try {
       const staged = new StagedView(this.meta);
@@ -451,7 +495,11 @@ class LocalLayerStore implements LayerStore {
     if (!tree) {
       const rec = this.record(id);
       const chain: number[] = [];
-      for (let at: LayerRecord | undefined = rec; at; at = at.parent ? this.layers.get(at.parent) : undefined) {
+      for (
+        let at: LayerRecord | undefined = rec;
+        at;
+        at = at.parent ? this.layers.get(at.parent) : undefined
+      ) {
         chain.push(at.index);
       }
       tree = new LayerTree(rec, chain, this.meta, this.treeContext);
@@ -497,7 +545,9 @@ class LocalLayerStore implements LayerStore {
     let done = 0;
     for (const kind of ['c', 'i', 'd']) {
       for (const key of this.meta.keys(`${kind}/${index}/`)) {
-        if (kind === 'c') for (const ref of this.meta.get<ContentRecord>(key) ?? []) if (ref !== '') this.meta.addRef(ref, -1);
+        if (kind === 'c')
+          for (const ref of this.meta.get<ContentRecord>(key) ?? [])
+            if (ref !== '') this.meta.addRef(ref, -1);
         this.meta.del(key);
         if (++done % PURGE_BATCH === 0) await yieldToLoop();
       }
@@ -507,7 +557,9 @@ class LocalLayerStore implements LayerStore {
   }
 
   private runInBackground(task: Promise<void>): void {
-    const tracked = task.catch((err: unknown) => this.log?.error({ err }, 'background task failed'));
+    const tracked = task.catch((err: unknown) =>
+      this.log?.error({ err }, 'background task failed'),
+    );
     this.background.add(tracked);
     void tracked.finally(() => this.background.delete(tracked));
   }
@@ -517,6 +569,10 @@ function checkLayerId(id: string): void {
   try {
     checkName(id);
   } catch {
-    throw new StoreError('LCFS_ELAYER_BAD_ID', 'EINVAL', `invalid layer id "${id}": it must be a file name (no "/", not "." or "..")`);
+    throw new StoreError(
+      'LCFS_ELAYER_BAD_ID',
+      'EINVAL',
+      `invalid layer id "${id}": it must be a file name (no "/", not "." or "..")`,
+    );
   }
 }

@@ -47,7 +47,15 @@ const TYPES: Record<string, TarType> = {
   '5': 'dir',
   '6': 'fifo',
 };
-const FLAGS: Record<TarType, string> = { file: '0', link: '1', symlink: '2', char: '3', block: '4', dir: '5', fifo: '6' };
+const FLAGS: Record<TarType, string> = {
+  file: '0',
+  link: '1',
+  symlink: '2',
+  char: '3',
+  block: '4',
+  dir: '5',
+  fifo: '6',
+};
 
 function invalid(message: string): StoreError {
   return new StoreError('LCFS_ETAR_INVALID', 'EINVAL', `invalid tar: ${message}`);
@@ -55,22 +63,22 @@ function invalid(message: string): StoreError {
 
 /** Pulls exact byte counts out of a stream of buffers. */
 class ByteReader {
-  private readonly source: AsyncIterator<Buffer | string>;
+  private readonly source: AsyncIterator<Buffer | string, unknown>;
   private buf: Buffer = Buffer.alloc(0);
   private ended = false;
 
   constructor(stream: Readable) {
-    this.source = stream[Symbol.asyncIterator]();
+    this.source = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer | string, unknown>;
   }
 
   private async fill(): Promise<boolean> {
     if (this.ended) return false;
-    const { value, done } = await this.source.next();
-    if (done) {
+    const next = await this.source.next();
+    if (next.done) {
       this.ended = true;
       return false;
     }
-    const chunk = typeof value === 'string' ? Buffer.from(value) : value;
+    const chunk = typeof next.value === 'string' ? Buffer.from(next.value) : next.value;
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     return true;
   }
@@ -132,7 +140,8 @@ function parsePax(buf: Buffer): Map<string, Buffer> {
     const space = buf.indexOf(0x20, at);
     if (space < 0) break;
     const len = parseInt(buf.subarray(at, space).toString('latin1'), 10);
-    if (!Number.isSafeInteger(len) || len <= space - at || at + len > buf.length) throw invalid('bad PAX record');
+    if (!Number.isSafeInteger(len) || len <= space - at || at + len > buf.length)
+      throw invalid('bad PAX record');
     const record = buf.subarray(space + 1, at + len - 1);
     const eq = record.indexOf(0x3d);
     if (eq < 0) throw invalid('bad PAX record');
@@ -175,7 +184,8 @@ export async function* readTar(stream: Readable): AsyncGenerator<TarEntry> {
       continue; // global PAX headers carry nothing a layer needs
     }
     const type = TYPES[flag];
-    if (!type) throw invalid(`entry ${cString(block.subarray(0, 100))} has unsupported type '${flag}'`);
+    if (!type)
+      throw invalid(`entry ${cString(block.subarray(0, 100))} has unsupported type '${flag}'`);
 
     const ustar = block.subarray(257, 263).toString('latin1') === 'ustar\0';
     const prefix = ustar ? cString(block.subarray(345, 500)) : '';
@@ -266,14 +276,20 @@ export function encodeHeader(h: TarHeader): Buffer {
   const fits = (s: string): boolean => Buffer.byteLength(s) < 100 && /^[\x20-\x7e]*$/.test(s);
   if (!fits(name)) records.push(paxRecord('path', Buffer.from(name)));
   if (!fits(h.linkname)) records.push(paxRecord('linkpath', Buffer.from(h.linkname)));
-  for (const [key, big] of [['uid', h.uid], ['gid', h.gid]] as const) {
+  for (const [key, big] of [
+    ['uid', h.uid],
+    ['gid', h.gid],
+  ] as const) {
     if (big > 0o7777777) records.push(paxRecord(key, Buffer.from(String(big))));
   }
   if (h.size > 0o77777777777) records.push(paxRecord('size', Buffer.from(String(h.size))));
   if (h.mtime[1] !== 0 || h.mtime[0] < 0) {
-    records.push(paxRecord('mtime', Buffer.from(`${h.mtime[0]}.${String(h.mtime[1]).padStart(9, '0')}`)));
+    records.push(
+      paxRecord('mtime', Buffer.from(`${h.mtime[0]}.${String(h.mtime[1]).padStart(9, '0')}`)),
+    );
   }
-  for (const key of Object.keys(h.xattrs).sort()) records.push(paxRecord(XATTR_PREFIX + key, h.xattrs[key]));
+  for (const key of Object.keys(h.xattrs).sort())
+    records.push(paxRecord(XATTR_PREFIX + key, h.xattrs[key]));
   const main = headerBlock(fits(name) ? name : name.slice(0, 99), FLAGS[h.type], {
     ...h,
     linkname: fits(h.linkname) ? h.linkname : '',
@@ -283,7 +299,11 @@ export function encodeHeader(h: TarHeader): Buffer {
   });
   if (records.length === 0) return main;
   const pax = Buffer.concat(records);
-  return Buffer.concat([headerBlock('PaxHeader', 'x', { size: pax.length, mode: 0o644 }), pad(pax), main]);
+  return Buffer.concat([
+    headerBlock('PaxHeader', 'x', { size: pax.length, mode: 0o644 }),
+    pad(pax),
+    main,
+  ]);
 }
 
 export function pad(data: Buffer): Buffer {
@@ -307,5 +327,7 @@ export function splitDev(rdev: number): [number, number] {
 }
 
 export function makeDev(major: number, minor: number): number {
-  return ((major & 0xfff) << 8) + (minor & 0xff) + (minor & 0xfff00) * 4096 + (major & ~0xfff) * 2 ** 32;
+  return (
+    ((major & 0xfff) << 8) + (minor & 0xff) + (minor & 0xfff00) * 4096 + (major & ~0xfff) * 2 ** 32
+  );
 }

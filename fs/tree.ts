@@ -76,7 +76,8 @@ export class LayerTree {
   /** The node's record if it still has a name, or is unlinked but open. */
   live(ino: number): InodeRecord | undefined {
     const found = this.findInode(ino);
-    if (!found || (found.rec.nlink === 0 && !this.context.isOpen(this.index, ino))) return undefined;
+    if (!found || (found.rec.nlink === 0 && !this.context.isOpen(this.index, ino)))
+      return undefined;
     return found.rec;
   }
 
@@ -160,7 +161,11 @@ export class LayerTree {
    * Walks the chain from position `from` for the first layer where `probe` finds something.
    * Below the first frozen layer the answer is cached, keyed by that layer.
    */
-  private walk<T>(key: string | ((layer: number) => string), probe: (layer: number) => T | undefined, from = 0): T | undefined {
+  private walk<T>(
+    key: string | ((layer: number) => string),
+    probe: (layer: number) => T | undefined,
+    from = 0,
+  ): T | undefined {
     for (let i = from; i < this.chain.length; i++) {
       if (i >= this.firstFrozen) {
         const k = typeof key === 'string' ? `${key}|${this.chain[i]}` : key(this.chain[i]);
@@ -186,7 +191,8 @@ export class LayerTree {
 
   readlink(ino: number): string {
     const rec = this.inode(ino);
-    if (!isLnk(rec.mode) || rec.target === undefined) throw nodeError('EINVAL', `inode ${ino} is not a symlink`);
+    if (!isLnk(rec.mode) || rec.target === undefined)
+      throw nodeError('EINVAL', `inode ${ino} is not a symlink`);
     return rec.target;
   }
 
@@ -230,7 +236,11 @@ export class LayerTree {
 
   assertWritable(): void {
     if (this.layer.state !== 'writable') {
-      throw new StoreError('LCFS_ELAYER_FROZEN', 'EROFS', `EROFS: layer ${this.layer.id} is frozen`);
+      throw new StoreError(
+        'LCFS_ELAYER_FROZEN',
+        'EROFS',
+        `EROFS: layer ${this.layer.id} is frozen`,
+      );
     }
   }
 
@@ -286,11 +296,18 @@ export class LayerTree {
     return next;
   }
 
-  newNode(dir: number, name: string, mode: number, caller: Caller, extra: Partial<InodeRecord> = {}): Attr {
+  newNode(
+    dir: number,
+    name: string,
+    mode: number,
+    caller: Caller,
+    extra: Partial<InodeRecord> = {},
+  ): Attr {
     this.assertWritable();
     checkName(name);
     const parent = this.dirInode(dir);
-    if (this.entry(dir, name) !== undefined) throw nodeError('EEXIST', `${name} in directory ${dir}`);
+    if (this.entry(dir, name) !== undefined)
+      throw nodeError('EEXIST', `${name} in directory ${dir}`);
     const dirMode = isDir(mode);
     // As on ext4: a setgid directory hands its group down, and its setgid bit to subdirectories.
     const inheritGid = (parent.mode & S_ISGID) !== 0;
@@ -327,7 +344,10 @@ export class LayerTree {
   }
 
   symlink(dir: number, name: string, target: string, caller: Caller): Attr {
-    return this.newNode(dir, name, S_IFLNK | 0o777, caller, { target, size: Buffer.byteLength(target) });
+    return this.newNode(dir, name, S_IFLNK | 0o777, caller, {
+      target,
+      size: Buffer.byteLength(target),
+    });
   }
 
   link(ino: number, dir: number, name: string): Attr {
@@ -336,9 +356,15 @@ export class LayerTree {
     const rec = this.inode(ino);
     if (isDir(rec.mode)) throw nodeError('EPERM', `hard link to directory inode ${ino}`);
     const parent = this.dirInode(dir);
-    if (this.entry(dir, name) !== undefined) throw nodeError('EEXIST', `${name} in directory ${dir}`);
+    if (this.entry(dir, name) !== undefined)
+      throw nodeError('EEXIST', `${name} in directory ${dir}`);
     this.setEntry(dir, name, ino);
-    const next = { ...rec, nlink: rec.nlink + 1, ctime: now(), links: [...rec.links, [dir, name] as const] };
+    const next = {
+      ...rec,
+      nlink: rec.nlink + 1,
+      ctime: now(),
+      links: [...rec.links, [dir, name] as const],
+    };
     this.putInode(ino, next);
     this.touch(dir, parent);
     return toAttr(ino, next);
@@ -393,13 +419,18 @@ export class LayerTree {
       const trec = this.inode(target);
       if (moveDir && !isDir(trec.mode)) throw nodeError('ENOTDIR', `rename onto ${newName}`);
       if (!moveDir && isDir(trec.mode)) throw nodeError('EISDIR', `rename onto ${newName}`);
-      if (isDir(trec.mode) && this.entries(target).size > 0) throw nodeError('ENOTEMPTY', `rename onto ${newName}`);
+      if (isDir(trec.mode) && this.entries(target).size > 0)
+        throw nodeError('ENOTEMPTY', `rename onto ${newName}`);
       this.removeName(newDir, this.inode(newDir), newName, target, trec);
     }
     this.clearEntry(dir, name);
     this.setEntry(newDir, newName, ino);
     const t = now();
-    this.putInode(ino, { ...rec, ctime: t, links: [...dropLink(rec.links, dir, name), [newDir, newName]] });
+    this.putInode(ino, {
+      ...rec,
+      ctime: t,
+      links: [...dropLink(rec.links, dir, name), [newDir, newName]],
+    });
     const from = this.inode(dir);
     if (dir === newDir) {
       this.touch(dir, from);
@@ -429,22 +460,31 @@ export class LayerTree {
 
   setxattr(ino: number, name: string, value: Uint8Array): void {
     this.assertWritable();
-    if (name.length === 0 || name.length > NAME_MAX) throw nodeError('EINVAL', `xattr name "${name}"`);
+    if (name.length === 0 || name.length > NAME_MAX)
+      throw nodeError('EINVAL', `xattr name "${name}"`);
     const rec = this.inode(ino);
-    this.putInode(ino, { ...rec, ctime: now(), xattrs: { ...rec.xattrs, [name]: Uint8Array.from(value) } });
+    this.putInode(ino, {
+      ...rec,
+      ctime: now(),
+      xattrs: { ...rec.xattrs, [name]: Uint8Array.from(value) },
+    });
   }
 
   removexattr(ino: number, name: string): void {
     this.assertWritable();
     const rec = this.inode(ino);
-    if (rec.xattrs?.[name] === undefined) throw nodeError('ENODATA', `xattr ${name} on inode ${ino}`);
+    if (rec.xattrs?.[name] === undefined)
+      throw nodeError('ENODATA', `xattr ${name} on inode ${ino}`);
     const xattrs = { ...rec.xattrs };
     delete xattrs[name];
     this.putInode(ino, { ...rec, ctime: now(), xattrs });
   }
 
   private findInodeAbove(ino: number): boolean {
-    return this.walk(`i|${ino}`, (layer) => this.view.get<InodeRecord>(inodeKey(layer, ino)), 1) !== undefined;
+    return (
+      this.walk(`i|${ino}`, (layer) => this.view.get<InodeRecord>(inodeKey(layer, ino)), 1) !==
+      undefined
+    );
   }
 
   /** Whether directory `ancestor` is `dir` or contains it. */
@@ -474,5 +514,6 @@ export function checkName(name: string): void {
   if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
     throw nodeError('EINVAL', `invalid name "${name}"`);
   }
-  if (Buffer.byteLength(name) > NAME_MAX) throw nodeError('ENAMETOOLONG', `name ${name.slice(0, 32)}…`);
+  if (Buffer.byteLength(name) > NAME_MAX)
+    throw nodeError('ENAMETOOLONG', `name ${name.slice(0, 32)}…`);
 }

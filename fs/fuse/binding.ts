@@ -36,7 +36,14 @@ export interface FuseBinding {
   detach(path: string): number;
   replyErr(req: Req, errno: number): void;
   replyEntry(req: Req, attr: Float64Array | null, entryTimeout: number, attrTimeout: number): void;
-  replyCreate(req: Req, attr: Float64Array, entryTimeout: number, attrTimeout: number, fh: number, openFlags: number): void;
+  replyCreate(
+    req: Req,
+    attr: Float64Array,
+    entryTimeout: number,
+    attrTimeout: number,
+    fh: number,
+    openFlags: number,
+  ): void;
   replyAttr(req: Req, attr: Float64Array, timeout: number): void;
   replyReadlink(req: Req, target: string): void;
   replyOpen(req: Req, fh: number, openFlags: number): void;

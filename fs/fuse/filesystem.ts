@@ -75,7 +75,23 @@ export class LayerFilesystem {
   ): void => {
     if (req === null) return;
     try {
-      const result = this.dispatch(op, req, ino, ino2, name ?? '', name2 ?? '', data, size, off, mode, rdev, flags, fh, { uid, gid }, setattr);
+      const result = this.dispatch(
+        op,
+        req,
+        ino,
+        ino2,
+        name ?? '',
+        name2 ?? '',
+        data,
+        size,
+        off,
+        mode,
+        rdev,
+        flags,
+        fh,
+        { uid, gid },
+        setattr,
+      );
       if (result) result.catch((err: unknown) => this.fail(req, op, err));
     } catch (err) {
       this.fail(req, op, err);
@@ -141,7 +157,8 @@ export class LayerFilesystem {
         const to = this.dirNode(ino2);
         if (from.layer !== to.layer) return f.replyErr(req, ERRNO.EXDEV);
         if (flags & ~RENAME_NOREPLACE) return f.replyErr(req, ERRNO.EINVAL);
-        if (flags & RENAME_NOREPLACE && this.exists(to, name2)) return f.replyErr(req, ERRNO.EEXIST);
+        if (flags & RENAME_NOREPLACE && this.exists(to, name2))
+          return f.replyErr(req, ERRNO.EEXIST);
         this.store.rename(from.layer, from.ino, name, to.ino, name2);
         return f.replyErr(req, 0);
       }
@@ -159,7 +176,9 @@ export class LayerFilesystem {
       }
       case Op.Write: {
         const n = this.node(ino);
-        return this.store.write(n.layer, n.ino, off, data as Buffer).then((count) => f.replyWrite(req, count));
+        return this.store
+          .write(n.layer, n.ino, off, data as Buffer)
+          .then((count) => f.replyWrite(req, count));
       }
       case Op.Flush:
         // Nothing to do at close: ENOSYS tells the kernel to stop sending flushes at all.
@@ -181,15 +200,26 @@ export class LayerFilesystem {
       case Op.Readdirplus: {
         const listing = this.dirs.get(fh);
         if (!listing) return f.replyErr(req, ERRNO.EBADF);
-        return f.replyDir(req, op === Op.Readdirplus, size, off, listing.names, listing.attrs, listing.ttl, listing.ttl);
+        return f.replyDir(
+          req,
+          op === Op.Readdirplus,
+          size,
+          off,
+          listing.names,
+          listing.attrs,
+          listing.ttl,
+          listing.ttl,
+        );
       }
       case Op.Releasedir:
         this.dirs.delete(fh);
         return f.replyErr(req, 0);
       case Op.Statfs:
-        return this.store.statfs().then((s) =>
-          f.replyStatfs(req, [s.bsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.namelen]),
-        );
+        return this.store
+          .statfs()
+          .then((s) =>
+            f.replyStatfs(req, [s.bsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.namelen]),
+          );
       case Op.Setxattr: {
         const n = this.node(ino);
         const present = this.store.listxattr(n.layer, n.ino).includes(name);
@@ -285,7 +315,11 @@ export class LayerFilesystem {
       const root = this.rootAttrOf();
       attrs.push(root, root);
       for (const info of this.store.listLayers()) {
-        const n = { layer: info.id, ino: this.store.root(info.id), frozen: info.state === 'frozen' };
+        const n = {
+          layer: info.id,
+          ino: this.store.root(info.id),
+          frozen: info.state === 'frozen',
+        };
         names.push(info.id);
         attrs.push({ ...this.store.getattr(n.layer, n.ino), ino: nodeId(info.index, n.ino) });
       }
@@ -327,7 +361,10 @@ export class LayerFilesystem {
   private node(id: number): Node {
     const index = Math.floor(id / INO_SPAN);
     const info = index === 0 ? undefined : this.store.layerAt(index);
-    if (!info) throw Object.assign(new Error('stale node'), { fuseErrno: id === ROOT ? ERRNO.EPERM : ERRNO.ENOENT });
+    if (!info)
+      throw Object.assign(new Error('stale node'), {
+        fuseErrno: id === ROOT ? ERRNO.EPERM : ERRNO.ENOENT,
+      });
     return { layer: info.id, ino: id - index * INO_SPAN, frozen: info.state === 'frozen' };
   }
 
@@ -345,7 +382,18 @@ export class LayerFilesystem {
 
   private rootAttrOf(): Attr {
     const t = this.mountedAt;
-    return { ino: ROOT, mode: 0o040755, uid: 0, gid: 0, nlink: 2, rdev: 0, size: 0, atime: t, mtime: t, ctime: t };
+    return {
+      ino: ROOT,
+      mode: 0o040755,
+      uid: 0,
+      gid: 0,
+      nlink: 2,
+      rdev: 0,
+      size: 0,
+      atime: t,
+      mtime: t,
+      ctime: t,
+    };
   }
 
   private rootAttr(): Float64Array {

@@ -4,7 +4,13 @@ import { resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { StoreError } from '../errors.js';
 import type { LayerStore } from '../layer-store.js';
-import { fuseBinding, Op, type FuseBinding, type RequestHandler, type SessionHandle } from './binding.js';
+import {
+  fuseBinding,
+  Op,
+  type FuseBinding,
+  type RequestHandler,
+  type SessionHandle,
+} from './binding.js';
 import { LayerFilesystem } from './filesystem.js';
 
 /**
@@ -50,7 +56,11 @@ export class VolumeMount {
     try {
       session = fuse.mount(mountpoint, OPTIONS, handler);
     } catch (err) {
-      throw new StoreError('LCFS_EMOUNT', 'EIO', `cannot mount ${mountpoint}: ${(err as Error).message}`);
+      throw new StoreError(
+        'LCFS_EMOUNT',
+        'EIO',
+        `cannot mount ${mountpoint}: ${(err as Error).message}`,
+      );
     }
     opts.logger?.info({ mountpoint }, 'volume mounted');
     return new VolumeMount(mountpoint, fuse, session, ended, opts.store, opts.logger);
@@ -63,14 +73,22 @@ export class VolumeMount {
   async unmount(): Promise<void> {
     let err = this.fuse.unmount(this.session, false);
     if (err === ERRNO.EBUSY) {
-      const inUse = this.store.listLayers().filter((l) => l.refs > 0).map((l) => l.id);
-      this.log?.warn({ mountpoint: this.mountpoint, layersInUse: inUse }, 'mount busy at stop; detaching it lazily');
+      const inUse = this.store
+        .listLayers()
+        .filter((l) => l.refs > 0)
+        .map((l) => l.id);
+      this.log?.warn(
+        { mountpoint: this.mountpoint, layersInUse: inUse },
+        'mount busy at stop; detaching it lazily',
+      );
       err = this.fuse.unmount(this.session, true);
     }
     if (err !== 0 && err !== ERRNO.EINVAL) {
       this.log?.error({ mountpoint: this.mountpoint, errno: err }, 'unmount failed');
     }
-    const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), END_TIMEOUT_MS).unref());
+    const timeout = new Promise<'timeout'>((r) =>
+      setTimeout(() => r('timeout'), END_TIMEOUT_MS).unref(),
+    );
     if ((await Promise.race([this.ended, timeout])) === 'timeout') {
       this.log?.error({ mountpoint: this.mountpoint }, 'FUSE loop did not end after unmount');
       return;
@@ -86,18 +104,29 @@ export class VolumeMount {
  */
 async function clearStaleMount(mountpoint: string, fuse: FuseBinding, log?: Logger): Promise<void> {
   const mounts = await readFile('/proc/self/mountinfo', 'utf8');
-  const here = mounts.split('\n').filter((line) => unescape(line.split(' ')[4] ?? '') === mountpoint);
+  const here = mounts
+    .split('\n')
+    .filter((line) => unescape(line.split(' ')[4] ?? '') === mountpoint);
   if (here.length === 0) return;
   try {
     await stat(mountpoint);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOTCONN') throw err;
     const code = fuse.detach(mountpoint);
-    if (code !== 0) throw new StoreError('LCFS_EMOUNT', 'EIO', `cannot clear the stale mount at ${mountpoint} (errno ${code})`);
+    if (code !== 0)
+      throw new StoreError(
+        'LCFS_EMOUNT',
+        'EIO',
+        `cannot clear the stale mount at ${mountpoint} (errno ${code})`,
+      );
     log?.warn({ mountpoint }, 'cleared a stale FUSE mount left by a crash');
     return;
   }
-  throw new StoreError('LCFS_EMOUNT', 'EBUSY', `${mountpoint} is already a mount point in use; is another lcfs agent running?`);
+  throw new StoreError(
+    'LCFS_EMOUNT',
+    'EBUSY',
+    `${mountpoint} is already a mount point in use; is another lcfs agent running?`,
+  );
 }
 
 /** mountinfo escapes space, tab, newline and backslash as octal. */

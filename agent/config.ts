@@ -1,0 +1,246 @@
+import { readFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { AgentError, type AgentErrorCode } from './errors.js';
+
+/**
+ * The agent's one typed configuration. Every key is a row of `configSchema`: its type, its
+ * default and its validation live there, and its environment variable (LCFS_DATA_DIR) and flag
+ * (--data-dir) are derived from its name. Sources apply in order: defaults, then the JSON file,
+ * then the environment, then flags; each later source overrides the earlier ones key by key.
+ */
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Where a value came from; error messages name it so an operator knows what to fix. */
+export type ConfigSource =
+  { kind: 'file'; path: string } | { kind: 'env'; name: string } | { kind: 'flag'; name: string };
+
+interface KeySpec<T> {
+  readonly description: string;
+  /** The default as help text shows it. */
+  readonly defaultText: string;
+  /** Turns a raw value into a typed one, or returns the reason it is invalid. */
+  parse(raw: unknown, source: ConfigSource): { value: T } | { invalid: string };
+  /** The value when no source sets the key; it may read keys listed before it in the schema. */
+  fallback(resolvedSoFar: Readonly<Record<string, unknown>>): T;
+}
+
+/** A path; relative paths are taken from the config file's folder, or else the working dir. */
+function pathKey(
+  description: string,
+  defaultText: string,
+  fallback: KeySpec<string>['fallback'],
+): KeySpec<string> {
+  return {
+    description,
+    defaultText,
+    fallback,
+    parse(raw, source) {
+      if (typeof raw !== 'string' || raw.trim() === '') {
+        return { invalid: 'must be a non-empty path' };
+      }
+      const base = source.kind === 'file' ? dirname(source.path) : process.cwd();
+      return { value: resolve(base, raw) };
+    },
+  };
+}
+
+function enumKey<const T extends string>(
+  description: string,
+  allowed: readonly T[],
+  fallback: T,
+): KeySpec<T> {
+  return {
+    description,
+    defaultText: fallback,
+    fallback: () => fallback,
+    parse(raw) {
+      const found = allowed.find((choice) => choice === raw);
+      return found === undefined
+        ? { invalid: `must be one of ${allowed.join(',')}` }
+        : { value: found };
+    },
+  };
+}
+
+/** An integer; env and flag values arrive as strings, the file may hold a number or a string. */
+function integerKey(
+  description: string,
+  min: number,
+  max: number,
+  fallback: number,
+): KeySpec<number> {
+  return {
+    description,
+    defaultText: String(fallback),
+    fallback: () => fallback,
+    parse(raw) {
+      const value =
+        typeof raw === 'number'
+          ? raw
+          : typeof raw === 'string' && /^-?\d+$/.test(raw.trim())
+            ? Number(raw)
+            : NaN;
+      if (!Number.isSafeInteger(value) || value < min || value > max) {
+        return { invalid: `must be an integer from ${min} to ${max}` };
+      }
+      return { value };
+    },
+  };
+}
+
+const DEFAULT_DATA_DIR = '/var/lib/lcfs';
+
+export const configSchema = {
+  dataDir: pathKey(
+    'Folder for the layer store, the lock file and agent state',
+    DEFAULT_DATA_DIR,
+    () => DEFAULT_DATA_DIR,
+  ),
+  mountpoint: pathKey(
+    'Where the layer volume will be mounted over FUSE',
+    '<dataDir>/mnt',
+    ({ dataDir }) => join(typeof dataDir === 'string' ? dataDir : DEFAULT_DATA_DIR, 'mnt'),
+  ),
+  logLevel: enumKey('Lowest level of log line written', LOG_LEVELS, 'info'),
+  flushIntervalMs: integerKey(
+    'How long, in ms, node operations may wait before the store makes them durable',
+    1,
+    60_000,
+    50,
+  ),
+} satisfies Record<string, KeySpec<unknown>>;
+
+export type ConfigKey = keyof typeof configSchema;
+type SpecValue<S> = S extends KeySpec<infer T> ? T : never;
+export type AgentConfig = { readonly [K in ConfigKey]: SpecValue<(typeof configSchema)[K]> };
+
+/** Keys in schema order, so a fallback can read the keys before it. */
+export const CONFIG_KEYS = Object.keys(configSchema) as ConfigKey[];
+
+export function envNameOf(key: ConfigKey): string {
+  return `LCFS_${key.replace(/[A-Z]/g, (letter) => `_${letter}`).toUpperCase()}`;
+}
+
+export function flagNameOf(key: ConfigKey): string {
+  return key.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`);
+}
+
+/** What help text and docs say about a key. */
+export function describeKey(key: ConfigKey): {
+  description: string;
+  defaultText: string;
+  env: string;
+  flag: string;
+} {
+  const { description, defaultText } = configSchema[key];
+  return { description, defaultText, env: envNameOf(key), flag: flagNameOf(key) };
+}
+
+export class ConfigError extends AgentError {
+  /** The key at fault, when the error is about one key. */
+  readonly key: string | undefined;
+
+  constructor(
+    code: Extract<AgentErrorCode, `LCFS_ECONFIG_${string}`>,
+    message: string,
+    key?: string,
+  ) {
+    super(code, `config: ${message}`);
+    this.name = 'ConfigError';
+    this.key = key;
+  }
+}
+
+export interface ConfigInputs {
+  /** Path of a JSON config file, if any. */
+  readonly file?: string;
+  /** Usually process.env; only LCFS_* names of known keys are read. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** Flag values by key, as the CLI parsed them; undefined means not given. */
+  readonly flags?: Readonly<Partial<Record<ConfigKey, string>>>;
+}
+
+function describeSource(source: ConfigSource): string {
+  switch (source.kind) {
+    case 'file':
+      return `from file ${source.path}`;
+    case 'env':
+      return `from env ${source.name}`;
+    case 'flag':
+      return `from flag --${source.name}`;
+  }
+}
+
+async function readConfigFile(path: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code ?? String(err);
+    throw new ConfigError('LCFS_ECONFIG_FILE', `cannot read config file ${path}: ${reason}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(
+      'LCFS_ECONFIG_FILE',
+      `config file ${path} is not valid JSON: ${(err as Error).message}`,
+    );
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new ConfigError('LCFS_ECONFIG_FILE', `config file ${path} must hold a JSON object`);
+  }
+  for (const key of Object.keys(parsed)) {
+    if (!Object.hasOwn(configSchema, key)) {
+      throw new ConfigError(
+        'LCFS_ECONFIG_UNKNOWN_KEY',
+        `unknown key "${key}" [from file ${path}]; known keys: ${CONFIG_KEYS.join(',')}`,
+        key,
+      );
+    }
+  }
+  return parsed as Record<string, unknown>;
+}
+
+/**
+ * Builds and validates the configuration. Throws a ConfigError naming the key and the source of
+ * the first invalid value, or the unknown key found in the file.
+ */
+export async function loadConfig(inputs: ConfigInputs = {}): Promise<AgentConfig> {
+  const fromFile: Record<string, unknown> =
+    inputs.file === undefined ? {} : await readConfigFile(inputs.file);
+  const resolved: Partial<Record<ConfigKey, unknown>> = {};
+
+  for (const key of CONFIG_KEYS) {
+    const candidates: Array<[unknown, ConfigSource]> = [];
+    if (inputs.file !== undefined && Object.hasOwn(fromFile, key)) {
+      candidates.push([fromFile[key], { kind: 'file', path: inputs.file }]);
+    }
+    const envName = envNameOf(key);
+    const envValue = inputs.env?.[envName];
+    if (envValue !== undefined) candidates.push([envValue, { kind: 'env', name: envName }]);
+    const flagValue = inputs.flags?.[key];
+    if (flagValue !== undefined)
+      candidates.push([flagValue, { kind: 'flag', name: flagNameOf(key) }]);
+
+    // Every value given is validated, even one a later source overrides: a broken file
+    // should not lie in wait for the day its override is removed.
+    const spec: KeySpec<unknown> = configSchema[key];
+    if (candidates.length === 0) resolved[key] = spec.fallback(resolved);
+    for (const [raw, source] of candidates) {
+      const outcome = spec.parse(raw, source);
+      if ('invalid' in outcome) {
+        throw new ConfigError(
+          'LCFS_ECONFIG_INVALID',
+          `${key} ${outcome.invalid} (got ${JSON.stringify(raw)}) [${describeSource(source)}]`,
+          key,
+        );
+      }
+      resolved[key] = outcome.value;
+    }
+  }
+  return resolved as AgentConfig;
+}

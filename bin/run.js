@@ -1,0 +1,5 @@
+#!/usr/bin/env node
+// Production entry point: runs the compiled commands under dist/ (npm run build).
+import { execute } from '@oclif/core';
+
+await execute({ dir: import.meta.url });
