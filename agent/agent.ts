@@ -1,14 +1,16 @@
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { openLayerStore, type LayerStore } from '../fs/index.js';
+import { openLayerStore, VolumeMount, type LayerStore } from '../fs/index.js';
 import type { AgentConfig } from './config.js';
+import { startDockerPlugin, type DockerPlugin } from './docker-plugin.js';
 import { lockDataDir } from './data-dir-lock.js';
 import type { Logger } from './logger.js';
 
 /**
  * The composition root: the one place that builds the agent's components from the
- * configuration and wires them together. Today that is the data directory lock and the layer
- * store; the FUSE mount, the engine adapters and the API servers will join here.
+ * configuration and wires them together: the data directory lock, the layer store, the FUSE
+ * volume over it, and the engine adapters. They start in that order and stop in reverse, so
+ * nothing is served before what it stands on and nothing outlives it.
  */
 export interface RunningAgent {
   readonly config: AgentConfig;
@@ -49,15 +51,46 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
     );
   }
 
+  // Each component started so far, with how to stop it: stopped in reverse on failure or stop.
+  const stops: Array<() => Promise<void>> = [() => lock.release()];
+  const unwind = async (): Promise<void> => {
+    let first: Error | undefined;
+    for (const stop of stops.reverse()) {
+      try {
+        await stop();
+      } catch (err) {
+        log.error({ err }, 'stopping a component failed');
+        first ??= err instanceof Error ? err : new Error(String(err));
+      }
+    }
+    if (first) throw first;
+  };
+
   let store: LayerStore;
+  let plugin: DockerPlugin;
   try {
     store = await openLayerStore({
       dir: storeDirOf(config),
       logger: logger.child({ component: 'store' }),
       flushIntervalMs: config.flushIntervalMs,
     });
+    const opened = store;
+    stops.push(() => opened.close());
+    const volume = await VolumeMount.mount({
+      mountpoint: config.mountpoint,
+      store,
+      logger: logger.child({ component: 'fuse' }),
+    });
+    stops.push(() => volume.unmount());
+    plugin = await startDockerPlugin({
+      socketPath: config.dockerPluginSocket,
+      store,
+      mountpoint: config.mountpoint,
+      logger: logger.child({ component: 'docker-plugin' }),
+    });
+    stops.push(() => plugin.close());
   } catch (err) {
-    await lock.release();
+    await unwind();
     throw err;
   }
 
@@ -65,6 +98,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
     {
       dataDir: config.dataDir,
       mountpoint: config.mountpoint,
+      dockerPluginSocket: plugin.socketPath,
       layers: store.listLayers().length,
     },
     'agent started',
@@ -73,11 +107,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
   let stopping: Promise<void> | undefined;
   const stopOnce = async (): Promise<void> => {
     log.info('agent stopping');
-    try {
-      await store.close();
-    } finally {
-      await lock.release();
-    }
+    await unwind();
     log.info('agent stopped');
   };
   return {

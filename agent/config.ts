@@ -99,9 +99,14 @@ export const configSchema = {
     () => DEFAULT_DATA_DIR,
   ),
   mountpoint: pathKey(
-    'Where the layer volume will be mounted over FUSE',
+    'Where the layer volume is mounted over FUSE: one directory per layer',
     '<dataDir>/mnt',
     ({ dataDir }) => join(typeof dataDir === 'string' ? dataDir : DEFAULT_DATA_DIR, 'mnt'),
+  ),
+  dockerPluginSocket: pathKey(
+    'Unix socket of the Docker graph driver plugin; dockerd finds it by name in /run/docker/plugins',
+    '/run/docker/plugins/lcfs.sock',
+    () => '/run/docker/plugins/lcfs.sock',
   ),
   logLevel: enumKey('Lowest level of log line written', LOG_LEVELS, 'info'),
   flushIntervalMs: integerKey(

@@ -48,6 +48,7 @@ describe('agent config', () => {
     assert.deepEqual(await loadConfig({ env: {} }), {
       dataDir: '/var/lib/lcfs',
       mountpoint: '/var/lib/lcfs/mnt',
+      dockerPluginSocket: '/run/docker/plugins/lcfs.sock',
       logLevel: 'info',
       flushIntervalMs: 50,
     });
@@ -57,12 +58,14 @@ describe('agent config', () => {
     assert.deepEqual(CONFIG_KEYS.map(envNameOf), [
       'LCFS_DATA_DIR',
       'LCFS_MOUNTPOINT',
+      'LCFS_DOCKER_PLUGIN_SOCKET',
       'LCFS_LOG_LEVEL',
       'LCFS_FLUSH_INTERVAL_MS',
     ]);
     assert.deepEqual(CONFIG_KEYS.map(flagNameOf), [
       'data-dir',
       'mountpoint',
+      'docker-plugin-socket',
       'log-level',
       'flush-interval-ms',
     ]);
@@ -83,6 +86,7 @@ describe('agent config', () => {
     assert.deepEqual(config, {
       dataDir: '/from/env',
       mountpoint: '/mnt/from-file',
+      dockerPluginSocket: '/run/docker/plugins/lcfs.sock',
       logLevel: 'debug',
       flushIntervalMs: 30,
     });
@@ -153,7 +157,7 @@ describe('agent config', () => {
     const err = await expectConfigError(
       loadConfig({ file }),
       'LCFS_ECONFIG_UNKNOWN_KEY',
-      /^config: unknown key "logLvl" \[from file .*config\.json\]; known keys: dataDir,mountpoint,logLevel,flushIntervalMs$/,
+      /^config: unknown key "logLvl" \[from file .*config\.json\]; known keys: dataDir,mountpoint,dockerPluginSocket,logLevel,flushIntervalMs$/,
     );
     assert.equal(err.key, 'logLvl');
   });

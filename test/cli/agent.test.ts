@@ -13,8 +13,10 @@ describe('lcfs agent (real process)', () => {
   let dataDir: string;
   const agents: AgentProcess[] = [];
 
+  /** Starts `lcfs agent`; its Docker plugin socket goes in the test's folder, not /run. */
   function startAgent(args: string[], env?: NodeJS.ProcessEnv): AgentProcess {
-    const agent = new AgentProcess(args, env);
+    const socket = ['--docker-plugin-socket', join(dataDir, 'docker-plugin.sock')];
+    const agent = new AgentProcess([...args, ...socket], env);
     agents.push(agent);
     return agent;
   }
