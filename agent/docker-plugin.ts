@@ -59,12 +59,12 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
     'GraphDriver.Capabilities': () => ({ Capabilities: { ReproducesExactDiffs: false } }),
     'GraphDriver.Create': async (b) => {
       const { ID, Parent } = layerRef(b);
-      await store.createLayer(ID, Parent);
+      await store.createLayer(ID, Parent, storageOptions(b));
       return {};
     },
     'GraphDriver.CreateReadWrite': async (b) => {
       const { ID, Parent } = layerRef(b);
-      await store.createLayer(ID, Parent);
+      await store.createLayer(ID, Parent, storageOptions(b));
       return {};
     },
     'GraphDriver.Remove': async (b) => {
@@ -237,6 +237,34 @@ function layerRef(body: Record<string, unknown>): LayerRef {
   if (parent !== undefined && parent !== null && typeof parent !== 'string')
     throw new BadRequest('Parent must be a string');
   return { ID: id(body), Parent: parent ? parent : null };
+}
+
+/** `--storage-opt` values; `size` is the only one, a quota in Docker's units (50M = 50 MiB). */
+function storageOptions(body: Record<string, unknown>): { quota?: number } {
+  const opts = body.StorageOpt;
+  if (opts === undefined || opts === null) return {};
+  if (typeof opts !== 'object' || Array.isArray(opts))
+    throw new BadRequest('StorageOpt must be an object');
+  const out: { quota?: number } = {};
+  for (const [key, value] of Object.entries(opts as Record<string, unknown>)) {
+    if (key.toLowerCase() !== 'size')
+      throw new BadRequest(`storage option ${key} is not supported (only size)`);
+    if (typeof value !== 'string')
+      throw new BadRequest('StorageOpt size must be a string such as 50M');
+    out.quota = parseSize(value);
+  }
+  return out;
+}
+
+/** Docker's RAMInBytes: binary multipliers, an optional "i" and "b". */
+export function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$/i.exec(text.trim());
+  if (!m)
+    throw new BadRequest(`invalid size "${text}": use a number with an optional unit, such as 50M`);
+  const power = m[2] ? 'kmgtp'.indexOf(m[2].toLowerCase()) + 1 : 0;
+  const bytes = Math.floor(Number(m[1]) * 1024 ** power);
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new BadRequest(`invalid size "${text}"`);
+  return bytes;
 }
 
 /** dockerd does not escape ApplyDiff's query values, so read them raw. */

@@ -18,7 +18,8 @@ export type Errno =
   | 'EPERM'
   | 'ELOOP'
   | 'EIO'
-  | 'EFBIG';
+  | 'EFBIG'
+  | 'ENOSPC';
 
 export type StoreErrorCode =
   | 'LCFS_ELAYER_NOT_FOUND'
@@ -33,6 +34,7 @@ export type StoreErrorCode =
   | 'LCFS_ETAR_INVALID'
   | 'LCFS_ESTORE_CLOSED'
   | 'LCFS_EMOUNT'
+  | 'LCFS_EQUOTA'
   | 'LCFS_ESTORE_CORRUPT';
 
 export class StoreError extends Error {

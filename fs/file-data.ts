@@ -1,6 +1,7 @@
 import { CHUNK_SIZE } from './layer-store.js';
 import { isSealed, type ChunkStore } from './chunks.js';
 import { nodeError } from './errors.js';
+import { ownsContent, type QuotaLedger } from './quota.js';
 import { contentKey, isDir, isReg, now, type ContentRecord } from './records.js';
 import type { LayerTree } from './tree.js';
 
@@ -15,6 +16,7 @@ export class FileData {
 
   constructor(
     private readonly chunks: ChunkStore,
+    private readonly quotas: QuotaLedger,
     /** Told when sealing rewrote a content record, which caches must not keep. */
     private readonly contentChanged: () => void,
   ) {}
@@ -49,8 +51,10 @@ export class FileData {
       const rec = tree.inode(ino);
       if (!isReg(rec.mode))
         throw nodeError(isDir(rec.mode) ? 'EISDIR' : 'EINVAL', `write to inode ${ino}`);
-      this.ownContent(tree, ino);
       const end = offset + data.length;
+      const grown = Math.max(rec.size, end);
+      this.quotas.charge(tree, ownsContent(tree, ino) ? grown - rec.size : grown);
+      this.ownContent(tree, ino);
       for (let pos = offset; pos < end;) {
         const idx = Math.floor(pos / CHUNK_SIZE);
         const inChunk = pos - idx * CHUNK_SIZE;
@@ -77,6 +81,9 @@ export class FileData {
       const rec = tree.inode(ino);
       if (!isReg(rec.mode))
         throw nodeError(isDir(rec.mode) ? 'EISDIR' : 'EINVAL', `truncate inode ${ino}`);
+      const owned = ownsContent(tree, ino);
+      if (owned) this.quotas.charge(tree, size - rec.size);
+      else if (size < rec.size) this.quotas.charge(tree, size);
       if (size < rec.size) {
         const list = [...this.ownContent(tree, ino)];
         const keep = Math.ceil(size / CHUNK_SIZE);

@@ -5,6 +5,7 @@ import type {
   AttrChange,
   Caller,
   Change,
+  CreateLayerOptions,
   DirEntry,
   LayerInfo,
   StoreStatfs,
@@ -49,7 +50,7 @@ import type {
  */
 export interface LayerStore {
   // --- layers ---
-  createLayer(id: string, parent: string | null): Promise<LayerInfo>;
+  createLayer(id: string, parent: string | null, options?: CreateLayerOptions): Promise<LayerInfo>;
   removeLayer(id: string): Promise<void>;
   freeze(id: string): Promise<void>;
   exists(id: string): boolean;

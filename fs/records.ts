@@ -25,6 +25,8 @@ export interface LayerRecord {
   readonly state: LayerState;
   readonly createdAt: number;
   readonly root: number;
+  /** Bytes of file content the layer may hold of its own; no limit when absent. */
+  readonly quota?: number;
 }
 
 export interface InodeRecord {

@@ -10,6 +10,7 @@ import { AccessLog } from './access-log.js';
 import { StoreError } from './errors.js';
 import { FileData } from './file-data.js';
 import { FrozenCache } from './frozen-cache.js';
+import { QuotaLedger } from './quota.js';
 import type { LayerStore } from './layer-store.js';
 import { MetaDB, StagedView } from './meta.js';
 import {
@@ -29,6 +30,7 @@ import type {
   AttrChange,
   Caller,
   Change,
+  CreateLayerOptions,
   DirEntry,
   LayerInfo,
   StoreStatfs,
@@ -72,6 +74,7 @@ class LocalLayerStore implements LayerStore {
     cache: this.cache,
     allocIno: () => this.next('m/ino'),
     isOpen: (layer, ino) => this.openFiles.has(`${layer}/${ino}`),
+    quotas: new QuotaLedger(),
   };
   private closed = false;
 
@@ -81,7 +84,7 @@ class LocalLayerStore implements LayerStore {
     private readonly chunks: ChunkStore,
     private readonly log?: Logger,
   ) {
-    this.data = new FileData(chunks, () => this.cache.contentChanged());
+    this.data = new FileData(chunks, this.treeContext.quotas, () => this.cache.contentChanged());
     for (const [, rec] of meta.scan<LayerRecord>('l')) this.remember(rec);
   }
 
@@ -91,9 +94,21 @@ class LocalLayerStore implements LayerStore {
 
   // --- layers ---
 
-  async createLayer(id: string, parent: string | null): Promise<LayerInfo> {
+  async createLayer(
+    id: string,
+    parent: string | null,
+    options: CreateLayerOptions = {},
+  ): Promise<LayerInfo> {
     this.assertOpen();
     checkLayerId(id);
+    const { quota } = options;
+    if (quota !== undefined && !(Number.isSafeInteger(quota) && quota > 0)) {
+      throw new StoreError(
+        'LCFS_EQUOTA',
+        'EINVAL',
+        `layer ${id}: quota must be a positive byte count (got ${quota})`,
+      );
+    }
     if (this.layers.has(id))
       throw new StoreError('LCFS_ELAYER_EXISTS', 'EEXIST', `layer ${id} already exists`);
     let depth = 0;
@@ -133,6 +148,7 @@ class LocalLayerStore implements LayerStore {
       state: 'writable',
       createdAt: Date.now(),
       root: root!,
+      ...(quota === undefined ? {} : { quota }),
     };
     this.meta.put(layerKey(id), rec);
     this.remember(rec);
@@ -173,6 +189,7 @@ class LocalLayerStore implements LayerStore {
     this.meta.del(layerKey(id));
     this.meta.put(`p/${rec.index}`, 1);
     this.forget(rec);
+    this.treeContext.quotas.forget(rec.index);
     await this.meta.flush();
     this.runInBackground(this.purge(rec.index));
   }
@@ -197,6 +214,7 @@ class LocalLayerStore implements LayerStore {
       createdAt: rec.createdAt,
       children: this.children.get(id)?.size ?? 0,
       refs: this.refs.get(id) ?? 0,
+      ...(rec.quota === undefined ? {} : { quota: rec.quota }),
     };
   }
 
@@ -421,6 +439,7 @@ class LocalLayerStore implements LayerStore {
       try {
         await this.chunks.syncSealed(result.written);
         staged.commit();
+        this.treeContext.quotas.forget(rec.index);
       } finally {
         for (const ref of result.pinned) this.chunks.unpin(ref);
       }

@@ -1,5 +1,6 @@
 import { nodeError, StoreError } from './errors.js';
 import type { FrozenCache } from './frozen-cache.js';
+import type { QuotaLedger } from './quota.js';
 import type { MetaView } from './meta.js';
 import {
   contentKey,
@@ -29,6 +30,7 @@ export interface TreeContext {
   allocIno(): number;
   /** Whether a file is open; an open file outlives its last name until it is released. */
   isOpen(layer: number, ino: number): boolean;
+  readonly quotas: QuotaLedger;
 }
 
 /**
@@ -275,6 +277,7 @@ export class LayerTree {
   dropOwnContent(ino: number): void {
     const own = this.view.get<ContentRecord>(contentKey(this.index, ino));
     if (!own) return;
+    this.context.quotas.release(this, this.findInode(ino)?.rec.size ?? 0);
     for (const ref of own) if (ref !== '') this.view.addRef(ref, -1);
     this.view.del(contentKey(this.index, ino));
   }

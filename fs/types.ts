@@ -14,6 +14,13 @@ export interface LayerInfo {
   readonly children: number;
   /** Open references taken with `get` and not yet returned with `put`. Not persisted. */
   readonly refs: number;
+  /** Bytes of file content the layer may hold of its own (Docker's storage-opt size). */
+  readonly quota?: number;
+}
+
+export interface CreateLayerOptions {
+  /** Limits the file content the layer may write; a write past it fails with ENOSPC. */
+  quota?: number;
 }
 
 /** stat(2) of one node in one layer. `ino` is stable across restarts and shared by hard links. */
