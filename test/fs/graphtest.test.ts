@@ -342,6 +342,29 @@ describe('graphtest: moby graph driver behaviours', function () {
     for (const c of actual) assert.ok([0, 1, 2].includes(c.kind), `kind of ${c.path} is ${c.kind}`);
   });
 
+  it('SetQuota: with a 50M quota, 25 MiB fits and 50 MiB more fails with ENOSPC', async () => {
+    const { store } = ts();
+    await store.createLayer('base', null);
+    const info = await store.createLayer('rw', 'base', { quota: 50 << 20 });
+    assert.equal(info.quota, 50 << 20);
+    await writeFile(store, 'rw', '/first', Buffer.alloc(25 << 20, 1));
+    const big = store.create('rw', store.root('rw'), 'second', 0o644, { uid: 0, gid: 0 });
+    await expectStoreError(
+      'writing 50 MiB more',
+      async () => {
+        for (let mib = 0; mib < 50; mib++) {
+          await store.write('rw', big.ino, mib << 20, Buffer.alloc(1 << 20, 2));
+        }
+      },
+      { errno: 'ENOSPC', code: 'LCFS_EQUOTA' },
+    );
+    // Freed space can be used again, and a layer without a quota has no limit.
+    store.unlink('rw', store.root('rw'), 'first');
+    await store.write('rw', big.ino, 40 << 20, Buffer.alloc(1 << 20, 3));
+    await store.createLayer('free', 'base');
+    await writeFile(store, 'free', '/big', Buffer.alloc(80 << 20, 4));
+  });
+
   it('Changes of a base layer against no parent: every path is an Add', async () => {
     const { store } = ts();
     await store.createLayer('base', null);
