@@ -14,6 +14,7 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { StoreError } from './errors.js';
+import { HandleCache } from './handle-cache.js';
 import type { MetaDB } from './meta.js';
 
 /**
@@ -39,11 +40,6 @@ const PREFETCH_MEMORY = 1024;
 /** Past this many files, one syncfs of the backing filesystem beats an fsync per file. */
 const SYNCFS_THRESHOLD = 32;
 
-interface Handle {
-  fh: FileHandle;
-  users: number;
-}
-
 export function isSealed(ref: string): boolean {
   return ref.length === 64;
 }
@@ -55,7 +51,7 @@ export function sha256(data: Uint8Array): string {
 export class ChunkStore {
   /** Bytes written to chunk files since open, copy-ups included. */
   bytesWritten = 0;
-  private readonly handles = new Map<string, Promise<Handle>>();
+  private readonly handles = new HandleCache(MAX_HANDLES);
   private readonly pins = new Map<string, number>();
   private readonly unlinking = new Map<string, Promise<void>>();
   private readonly writing = new Map<string, Promise<void>>();
@@ -122,10 +118,7 @@ export class ChunkStore {
     const ref = `w${n}`;
     this.meta.addRef(ref, 1); // before the file exists, so the orphan sweep leaves it be
     // 'w+' truncates a file a crash may have left under a number that was handed out again.
-    const opening = open(this.path(ref), 'w+').then((fh) => ({ fh, users: 0 }));
-    this.handles.set(ref, opening);
-    await opening;
-    this.trimHandles();
+    this.handles.add(ref, await open(this.path(ref), 'w+'));
     return ref;
   }
 
@@ -249,15 +242,15 @@ export class ChunkStore {
     this.meta.onNextCommit(() => this.reap(ref));
   }
 
-  /** Makes mutable chunks durable (fsync). */
+  /** Makes mutable chunks durable: an fsync each, or one syncfs when there are many. */
   async syncMutable(refs: Iterable<string>): Promise<void> {
-    const todo = [...refs].filter((r) => this.unsyncedMutable.has(r));
-    await Promise.all(
-      todo.map(async (ref) => {
-        this.unsyncedMutable.delete(ref);
-        await this.withHandle(ref, (fh) => fh.datasync());
-      }),
-    );
+    const todo = [...new Set(refs)].filter((r) => this.unsyncedMutable.has(r));
+    for (const ref of todo) this.unsyncedMutable.delete(ref);
+    if (todo.length > SYNCFS_THRESHOLD) {
+      await run('sync', ['-f', this.dir]);
+      return;
+    }
+    await Promise.all(todo.map((ref) => this.withHandle(ref, (fh) => fh.datasync())));
   }
 
   /** Makes newly written sealed chunks durable. */
@@ -313,9 +306,7 @@ export class ChunkStore {
   }
 
   async close(): Promise<void> {
-    const handles = [...this.handles.values()];
-    this.handles.clear();
-    await Promise.all(handles.map(async (h) => (await h).fh.close().catch(() => undefined)));
+    await this.handles.closeAll();
   }
 
   private reap(ref: string): void {
@@ -324,9 +315,7 @@ export class ChunkStore {
       return;
     }
     const removal = (async () => {
-      const cached = this.handles.get(ref);
-      this.handles.delete(ref);
-      if (cached) await (await cached).fh.close().catch(() => undefined);
+      await this.handles.drop(ref);
       this.unsyncedMutable.delete(ref);
       await unlink(this.path(ref)).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err;
@@ -337,45 +326,15 @@ export class ChunkStore {
     this.unlinking.set(ref, removal);
   }
 
-  private async withHandle<T>(ref: string, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
-    let pending = this.handles.get(ref);
-    if (pending) {
-      // Keep recently used handles at the end of the map, which is the eviction order.
-      this.handles.delete(ref);
-      this.handles.set(ref, pending);
-    } else {
-      pending = open(this.path(ref), isSealed(ref) ? 'r' : 'r+').then((fh) => ({ fh, users: 0 }));
-      this.handles.set(ref, pending);
-      this.trimHandles();
-    }
-    let handle: Handle;
-    try {
-      handle = await pending;
-    } catch (err) {
-      if (this.handles.get(ref) === pending) this.handles.delete(ref);
-      const code = (err as NodeJS.ErrnoException).code;
-      throw new StoreError('LCFS_ESTORE_CORRUPT', 'EIO', `chunk ${ref} cannot be opened: ${code}`);
-    }
-    // Evicted and closed while we waited: open it again.
-    if (this.handles.get(ref) !== pending) return this.withHandle(ref, fn);
-    handle.users++;
-    try {
-      return await fn(handle.fh);
-    } finally {
-      handle.users--;
-    }
-  }
-
-  private trimHandles(): void {
-    let excess = this.handles.size - MAX_HANDLES;
-    for (const [ref, pending] of this.handles) {
-      if (excess-- <= 0) break;
-      void pending.then((h) => {
-        if (h.users === 0 && this.handles.get(ref) === pending) {
-          this.handles.delete(ref);
-          void h.fh.close().catch(() => undefined);
-        }
+  private withHandle<T>(ref: string, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    const opener = (): Promise<FileHandle> =>
+      open(this.path(ref), isSealed(ref) ? 'r' : 'r+').catch((err: NodeJS.ErrnoException) => {
+        throw new StoreError(
+          'LCFS_ESTORE_CORRUPT',
+          'EIO',
+          `chunk ${ref} cannot be opened: ${err.code ?? err.message}`,
+        );
       });
-    }
+    return this.handles.use(ref, opener, fn);
   }
 }

@@ -71,7 +71,7 @@ export class VolumeMount {
    * than waited on: the caller is stopping, and hanging would stop nothing.
    */
   async unmount(): Promise<void> {
-    let err = this.fuse.unmount(this.session, false);
+    const err = this.fuse.unmount(this.session, false);
     if (err === ERRNO.EBUSY) {
       const inUse = this.store
         .listLayers()
@@ -81,7 +81,13 @@ export class VolumeMount {
         { mountpoint: this.mountpoint, layersInUse: inUse },
         'mount busy at stop; detaching it lazily',
       );
-      err = this.fuse.unmount(this.session, true);
+      const lazy = this.fuse.unmount(this.session, true);
+      if (lazy !== 0)
+        this.log?.error({ mountpoint: this.mountpoint, errno: lazy }, 'lazy unmount failed');
+      // Its users keep the connection open, so the session would never end by itself: closing
+      // it aborts the connection, and they get ENOTCONN from here on.
+      this.fuse.close(this.session);
+      return;
     }
     if (err !== 0 && err !== ERRNO.EINVAL) {
       this.log?.error({ mountpoint: this.mountpoint, errno: err }, 'unmount failed');
@@ -90,8 +96,7 @@ export class VolumeMount {
       setTimeout(() => r('timeout'), END_TIMEOUT_MS).unref(),
     );
     if ((await Promise.race([this.ended, timeout])) === 'timeout') {
-      this.log?.error({ mountpoint: this.mountpoint }, 'FUSE loop did not end after unmount');
-      return;
+      this.log?.error({ mountpoint: this.mountpoint }, 'FUSE session did not end after unmount');
     }
     this.fuse.close(this.session);
     this.log?.info({ mountpoint: this.mountpoint }, 'volume unmounted');
