@@ -7,6 +7,7 @@ import type {
   Change,
   CreateLayerOptions,
   DirEntry,
+  LayerChange,
   LayerInfo,
   StoreStatfs,
 } from './types.js';
@@ -106,6 +107,11 @@ export interface LayerStore {
   fileCounters(id: string, ino: number): AccessCounters | undefined;
   /** Bytes of chunk data written to the backing disk since open. */
   readonly bytesWritten: number;
+  /**
+   * Subscribes to changes made other than through node operations; returns the unsubscribe.
+   * The change's operation resolves only after every listener's promise has.
+   */
+  onLayerChange(listener: (change: LayerChange) => void | Promise<void>): () => void;
   /** Makes every operation so far durable. */
   flush(): Promise<void>;
   close(): Promise<void>;

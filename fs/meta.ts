@@ -247,6 +247,14 @@ export class StagedView implements MetaView {
     return out;
   }
 
+  /** The keys this staging area writes or removes. */
+  keys(): string[] {
+    const out: string[] = [];
+    for (const [group, leaves] of this.writes)
+      for (const leaf of leaves.keys()) out.push(`${group}/${leaf}`);
+    return out;
+  }
+
   /** Writes everything into the base view; synchronous, so no other operation interleaves. */
   commit(): void {
     for (const [group, leaves] of this.writes) {

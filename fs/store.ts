@@ -32,6 +32,7 @@ import type {
   Change,
   CreateLayerOptions,
   DirEntry,
+  LayerChange,
   LayerInfo,
   StoreStatfs,
 } from './types.js';
@@ -77,6 +78,7 @@ class LocalLayerStore implements LayerStore {
     quotas: new QuotaLedger(),
   };
   private closed = false;
+  private readonly changeListeners = new Set<(change: LayerChange) => void | Promise<void>>();
 
   constructor(
     private readonly dir: string,
@@ -444,6 +446,7 @@ class LocalLayerStore implements LayerStore {
         for (const ref of result.pinned) this.chunks.unpin(ref);
       }
       await this.meta.flush();
+      await this.announce(rec, staged.keys());
       return result.size;
     } finally {
       this.applying.delete(id);
@@ -462,6 +465,11 @@ class LocalLayerStore implements LayerStore {
 
   fileCounters(id: string, ino: number): AccessCounters | undefined {
     return this.access.file(this.record(id).index, ino);
+  }
+
+  onLayerChange(listener: (change: LayerChange) => void | Promise<void>): () => void {
+    this.changeListeners.add(listener);
+    return () => this.changeListeners.delete(listener);
   }
 
   flush(): Promise<void> {
@@ -573,6 +581,29 @@ class LocalLayerStore implements LayerStore {
     }
     this.meta.del(`p/${index}`);
     await this.meta.flush();
+  }
+
+  /** Tells listeners which names and nodes of a layer a bulk change touched. */
+  private async announce(rec: LayerRecord, keys: string[]): Promise<void> {
+    if (this.changeListeners.size === 0) return;
+    const entries: Array<[number, string]> = [];
+    const inodes = new Set<number>();
+    for (const key of keys) {
+      const [kind, layer, a, ...rest] = key.split('/');
+      if (Number(layer) !== rec.index) continue;
+      if (kind === 'd') entries.push([Number(a), rest.join('/')]);
+      else if (kind === 'i' || kind === 'c') inodes.add(Number(a));
+    }
+    const change: LayerChange = { layer: rec.id, index: rec.index, entries, inodes: [...inodes] };
+    await Promise.all(
+      [...this.changeListeners].map(async (listener) => {
+        try {
+          await listener(change);
+        } catch (err) {
+          this.log?.error({ err }, 'layer change listener failed');
+        }
+      }),
+    );
   }
 
   private runInBackground(task: Promise<void>): void {

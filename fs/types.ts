@@ -88,3 +88,16 @@ export interface AccessCounters {
   bytesWritten: number;
   lastAccess: number;
 }
+
+/**
+ * A change made to a layer other than through node operations (an applyDiff), so that caches
+ * above the store, the kernel's through FUSE, can drop what they hold of it.
+ */
+export interface LayerChange {
+  readonly layer: string;
+  readonly index: number;
+  /** Names set or hidden: (directory ino, name). */
+  readonly entries: ReadonlyArray<readonly [number, string]>;
+  /** Nodes whose attributes or content changed. */
+  readonly inodes: readonly number[];
+}

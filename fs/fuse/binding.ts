@@ -34,6 +34,8 @@ export interface FuseBinding {
   unmount(session: SessionHandle, lazy: boolean): number;
   close(session: SessionHandle): void;
   detach(path: string): number;
+  /** Drops cached names ([dir node, name]) and nodes ([node]) from the kernel's caches. */
+  invalidate(session: SessionHandle, items: Array<[number, string?]>): Promise<void>;
   replyErr(req: Req, errno: number): void;
   replyEntry(req: Req, attr: Float64Array | null, entryTimeout: number, attrTimeout: number): void;
   replyCreate(

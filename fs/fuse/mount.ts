@@ -11,7 +11,7 @@ import {
   type RequestHandler,
   type SessionHandle,
 } from './binding.js';
-import { LayerFilesystem } from './filesystem.js';
+import { LayerFilesystem, nodeId } from './filesystem.js';
 
 /**
  * Mount options, and why each is there:
@@ -38,7 +38,23 @@ export class VolumeMount {
     private readonly ended: Promise<number>,
     private readonly store: LayerStore,
     private readonly log?: Logger,
-  ) {}
+  ) {
+    // Changes the kernel did not see (an applyDiff into a mounted layer) must not be hidden by
+    // what it cached: drop those names and nodes from its caches.
+    this.unsubscribe = store.onLayerChange((change) => {
+      const items: Array<[number, string?]> = [
+        ...change.entries.map(([dir, name]): [number, string] => [nodeId(change.index, dir), name]),
+        ...change.inodes.map((ino): [number] => [nodeId(change.index, ino)]),
+      ];
+      const done = fuse.invalidate(session, items).finally(() => this.invalidating.delete(done));
+      this.invalidating.add(done);
+      return done;
+    });
+  }
+
+  private readonly unsubscribe: () => void;
+  /** Invalidations on the thread pool; the session must outlive them. */
+  private readonly invalidating = new Set<Promise<void>>();
 
   static async mount(opts: MountOptions): Promise<VolumeMount> {
     const mountpoint = resolve(opts.mountpoint);
@@ -71,6 +87,8 @@ export class VolumeMount {
    * than waited on: the caller is stopping, and hanging would stop nothing.
    */
   async unmount(): Promise<void> {
+    this.unsubscribe();
+    await Promise.all(this.invalidating);
     const err = this.fuse.unmount(this.session, false);
     if (err === ERRNO.EBUSY) {
       const inUse = this.store

@@ -35,6 +35,13 @@ enum op {
 /* Requests handled per wake-up before other events get their turn. */
 #define BATCH 64
 
+/* A kernel cache entry to drop: a name (name != NULL) or a node's attributes and pages. */
+typedef struct {
+  fuse_ino_t ino;
+  char *name;
+} invalidation;
+
+
 typedef struct {
   struct fuse_session *se;
   napi_env env;
@@ -49,6 +56,14 @@ typedef struct {
   long pending;
   char *mountpoint;
 } session;
+
+typedef struct {
+  session *s;
+  invalidation *items;
+  size_t count;
+  napi_deferred deferred;
+  napi_async_work work;
+} invalidation_batch;
 
 typedef struct {
   int op;
@@ -855,12 +870,82 @@ static napi_value detach_path(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* Runs on the thread pool: the kernel may make a notification wait for a directory lock held
+ * by a request that only the event loop can answer, so the loop must not be the one waiting. */
+static void run_invalidations(napi_env env, void *data) {
+  (void)env;
+  invalidation_batch *b = data;
+  for (size_t i = 0; i < b->count; i++) {
+    invalidation *item = &b->items[i];
+    /* Errors only mean the kernel had nothing cached, or the session is going. */
+    if (item->name) fuse_lowlevel_notify_inval_entry(b->s->se, item->ino, item->name, strlen(item->name));
+    else fuse_lowlevel_notify_inval_inode(b->s->se, item->ino, 0, 0);
+  }
+}
+
+static void invalidations_done(napi_env env, napi_status status, void *data) {
+  invalidation_batch *b = data;
+  napi_value u;
+  napi_get_undefined(env, &u);
+  napi_resolve_deferred(env, b->deferred, u);
+  napi_delete_async_work(env, b->work);
+  for (size_t i = 0; i < b->count; i++) free(b->items[i].name);
+  free(b->items);
+  free(b);
+  (void)status;
+}
+
+/* invalidate(session, [[nodeId, name?], ...]) → Promise: drops cached names in directories,
+ * and for entries without a name a node's cached attributes and pages. */
+static napi_value invalidate(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session *s = get_session(env, argv[0]);
+  napi_value promise;
+  invalidation_batch *b = calloc(1, sizeof *b);
+  CHECK(napi_create_promise(env, &b->deferred, &promise));
+  uint32_t count = 0;
+  if (s && s->se) napi_get_array_length(env, argv[1], &count);
+  b->s = s;
+  b->count = count;
+  b->items = calloc(count ? count : 1, sizeof(invalidation));
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value pair, id, name;
+    napi_get_element(env, argv[1], i, &pair);
+    napi_get_element(env, pair, 0, &id);
+    b->items[i].ino = (fuse_ino_t)get_num(env, id);
+    napi_valuetype t = napi_undefined;
+    if (napi_get_element(env, pair, 1, &name) == napi_ok) napi_typeof(env, name, &t);
+    if (t == napi_string) {
+      size_t len;
+      napi_get_value_string_utf8(env, name, NULL, 0, &len);
+      b->items[i].name = malloc(len + 1);
+      napi_get_value_string_utf8(env, name, b->items[i].name, len + 1, &len);
+    }
+  }
+  if (count == 0) {
+    napi_value u;
+    napi_get_undefined(env, &u);
+    napi_resolve_deferred(env, b->deferred, u);
+    free(b->items);
+    free(b);
+    return promise;
+  }
+  napi_value resource_name;
+  napi_create_string_utf8(env, "lcfs-invalidate", NAPI_AUTO_LENGTH, &resource_name);
+  CHECK(napi_create_async_work(env, NULL, resource_name, run_invalidations, invalidations_done, b, &b->work));
+  CHECK(napi_queue_async_work(env, b->work));
+  return promise;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"mount", NULL, mount_fs, NULL, NULL, NULL, napi_default, NULL},
     {"unmount", NULL, unmount_fs, NULL, NULL, NULL, napi_default, NULL},
     {"close", NULL, close_fs, NULL, NULL, NULL, napi_default, NULL},
     {"detach", NULL, detach_path, NULL, NULL, NULL, napi_default, NULL},
+    {"invalidate", NULL, invalidate, NULL, NULL, NULL, napi_default, NULL},
     {"replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL},
     {"replyEntry", NULL, reply_entry, NULL, NULL, NULL, napi_default, NULL},
     {"replyCreate", NULL, reply_create, NULL, NULL, NULL, napi_default, NULL},
