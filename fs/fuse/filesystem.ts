@@ -10,15 +10,18 @@ import { ATTR_FIELDS, KEEP_CACHE, Op, SetAttr, type FuseBinding, type Req } from
  * is that layer's tree. Requests are translated onto the store one for one.
  *
  * A node id packs the layer's index and the node's ino (`index * 2^32 + ino`), so every layer
- * has its own inode numbers while hard links within a layer share one. Frozen layers never
- * change, so the kernel may cache their names, attributes and pages for long; the root is never
- * cached, so layers the engines create or remove appear and vanish at once.
+ * has its own inode numbers while hard links within a layer share one. The kernel may cache
+ * names, attributes and pages for long (see CACHE_TTL); the root is never cached, so layers the
+ * engines create or remove appear and vanish at once.
  */
 
 const ROOT = 1;
 const INO_SPAN = 2 ** 32;
-const FROZEN_TTL = 3600;
-const WRITABLE_TTL = 1;
+/**
+ * How long the kernel may keep names and attributes. Nothing changes a layer behind its back:
+ * node operations come through it, and a bulk change (applyDiff) invalidates what it touched.
+ */
+const CACHE_TTL = 3600;
 const ERRNO = constants.errno as Record<string, number>;
 const O_ACCMODE = 3;
 const O_TRUNC = 0o1000;
@@ -122,7 +125,7 @@ export class LayerFilesystem {
       case Op.Getattr: {
         if (ino === ROOT) return f.replyAttr(req, this.rootAttr(), 0);
         const n = this.node(ino);
-        return f.replyAttr(req, this.attr(n, this.store.getattr(n.layer, n.ino)), ttl(n));
+        return f.replyAttr(req, this.attr(n, this.store.getattr(n.layer, n.ino)), CACHE_TTL);
       }
       case Op.Setattr:
         return this.setattr(req, ino, setattr ?? [0]);
@@ -248,7 +251,7 @@ export class LayerFilesystem {
         const dir = this.dirNode(ino);
         const a = this.store.create(dir.layer, dir.ino, name, mode, caller);
         this.store.open(dir.layer, a.ino);
-        return f.replyCreate(req, this.attr(dir, a), ttl(dir), ttl(dir), 0, 0);
+        return f.replyCreate(req, this.attr(dir, a), CACHE_TTL, CACHE_TTL, 0, 0);
       }
       default:
         return f.replyErr(req, ERRNO.ENOSYS);
@@ -261,7 +264,12 @@ export class LayerFilesystem {
       if (!info) return this.fuse.replyEntry(req, null, 0, 0);
       const n = { layer: name, ino: this.store.root(name), frozen: info.state === 'frozen' };
       // Layer directories are never cached, so a removed layer disappears at once.
-      return this.fuse.replyEntry(req, this.attr(n, this.store.getattr(n.layer, n.ino)), 0, ttl(n));
+      return this.fuse.replyEntry(
+        req,
+        this.attr(n, this.store.getattr(n.layer, n.ino)),
+        0,
+        CACHE_TTL,
+      );
     }
     const dir = this.dirNode(parent);
     let attr: Attr;
@@ -269,14 +277,14 @@ export class LayerFilesystem {
       attr = this.store.lookup(dir.layer, dir.ino, name);
     } catch (err) {
       // A negative entry, cached as long as the layer's names are.
-      if (isStoreError(err, 'ENOENT')) return this.fuse.replyEntry(req, null, ttl(dir), 0);
+      if (isStoreError(err, 'ENOENT')) return this.fuse.replyEntry(req, null, CACHE_TTL, 0);
       throw err;
     }
     this.entry(req, dir, attr);
   }
 
   private entry(req: Req, dir: Node, attr: Attr): void {
-    this.fuse.replyEntry(req, this.attr(dir, attr), ttl(dir), ttl(dir));
+    this.fuse.replyEntry(req, this.attr(dir, attr), CACHE_TTL, CACHE_TTL);
   }
 
   private async setattr(req: Req, ino: number, a: number[]): Promise<void> {
@@ -293,7 +301,7 @@ export class LayerFilesystem {
     if (toSet & SetAttr.MtimeNow) change.mtime = now;
     else if (toSet & SetAttr.Mtime) change.mtime = [mSec, mNsec];
     const attr = await this.store.setattr(n.layer, n.ino, change);
-    this.fuse.replyAttr(req, this.attr(n, attr), ttl(n));
+    this.fuse.replyAttr(req, this.attr(n, attr), CACHE_TTL);
   }
 
   private async open(req: Req, ino: number, flags: number): Promise<void> {
@@ -334,7 +342,7 @@ export class LayerFilesystem {
         names.push(e.name);
         attrs.push({ ...e.attr, ino: nodeId(index, e.attr.ino) });
       }
-      ttlSec = ttl(dir);
+      ttlSec = CACHE_TTL;
     }
     const packed = new Float64Array(attrs.length * ATTR_FIELDS);
     attrs.forEach((a, i) => pack(packed, i * ATTR_FIELDS, a));
@@ -415,10 +423,6 @@ export class LayerFilesystem {
 
 export function nodeId(layerIndex: number, ino: number): number {
   return layerIndex * INO_SPAN + ino;
-}
-
-function ttl(n: Node): number {
-  return n.frozen ? FROZEN_TTL : WRITABLE_TTL;
 }
 
 function nowSpec(): Timespec {
