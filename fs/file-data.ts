@@ -22,6 +22,9 @@ export class FileData {
   ) {}
 
   async read(tree: LayerTree, ino: number, offset: number, length: number): Promise<Buffer> {
+    // A read sees every write that started before it.
+    const writing = this.locks.get(`${tree.index}/${ino}`);
+    if (writing) await writing;
     const rec = tree.inode(ino);
     if (isDir(rec.mode)) throw nodeError('EISDIR', `read of directory inode ${ino}`);
     const end = Math.min(rec.size, offset + length);
@@ -174,6 +177,11 @@ export class FileData {
         }
       }
     });
+  }
+
+  /** Resolves once no write or truncate on the file is in flight. */
+  async settled(index: number, ino: number): Promise<void> {
+    await this.locks.get(`${index}/${ino}`);
   }
 
   /** Resolves once no write or truncate on layer `index` is in flight. */

@@ -76,6 +76,7 @@ export interface LayerStore {
   /** Counts an open handle: a file unlinked while open stays readable until its `release`. */
   open(id: string, ino: number): void;
   release(id: string, ino: number): void;
+  /** Reads wait for writes to the same file that started before them. */
   read(id: string, ino: number, offset: number, length: number): Promise<Buffer>;
   write(id: string, ino: number, offset: number, data: Buffer): Promise<number>;
   create(id: string, dir: number, name: string, mode: number, caller: Caller): Attr;
@@ -92,6 +93,7 @@ export interface LayerStore {
   listxattr(id: string, ino: number): string[];
   removexattr(id: string, ino: number, name: string): void;
   statfs(): Promise<StoreStatfs>;
+  /** Waits for the file's writes in flight, then makes the file and all metadata durable. */
   fsync(id: string, ino: number): Promise<void>;
 
   // --- diffs ---

@@ -374,6 +374,7 @@ class LocalLayerStore implements LayerStore {
 
   async fsync(id: string, ino: number): Promise<void> {
     const tree = this.tree(id);
+    await this.data.settled(tree.index, ino);
     const own = this.meta.get<ContentRecord>(contentKey(tree.index, ino)) ?? [];
     await this.chunks.syncMutable(own);
     await this.meta.flush();

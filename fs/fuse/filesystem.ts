@@ -177,12 +177,8 @@ export class LayerFilesystem {
         const n = this.node(ino);
         return this.store.read(n.layer, n.ino, off, size).then((buf) => f.replyBuf(req, buf));
       }
-      case Op.Write: {
-        const n = this.node(ino);
-        return this.store
-          .write(n.layer, n.ino, off, data as Buffer)
-          .then((count) => f.replyWrite(req, count));
-      }
+      case Op.Write:
+        return this.write(req, ino, off, data as Buffer);
       case Op.Flush:
         // Nothing to do at close: ENOSYS tells the kernel to stop sending flushes at all.
         return f.replyErr(req, ERRNO.ENOSYS);
@@ -302,6 +298,11 @@ export class LayerFilesystem {
     else if (toSet & SetAttr.Mtime) change.mtime = [mSec, mNsec];
     const attr = await this.store.setattr(n.layer, n.ino, change);
     this.fuse.replyAttr(req, this.attr(n, attr), CACHE_TTL);
+  }
+
+  private async write(req: Req, ino: number, off: number, data: Buffer): Promise<void> {
+    const n = this.node(ino);
+    this.fuse.replyWrite(req, await this.store.write(n.layer, n.ino, off, data));
   }
 
   private async open(req: Req, ino: number, flags: number): Promise<void> {
