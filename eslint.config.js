@@ -3,7 +3,7 @@ import { defineConfig } from 'eslint/config';
 import tseslint from 'typescript-eslint';
 
 export default defineConfig(
-  { ignores: ['dist/', 'node_modules/', 'bench-results/'] },
+  { ignores: ['dist/', 'node_modules/', 'bench-results/', 'proto/generated/', 'fs/fuse/native/build/'] },
   js.configs.recommended,
   tseslint.configs.recommendedTypeChecked,
   {

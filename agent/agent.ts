@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import { openLayerStore, VolumeMount, type LayerStore } from '../fs/index.js';
 import type { AgentConfig } from './config.js';
 import { startDockerPlugin, type DockerPlugin } from './docker-plugin.js';
+import { startSnapshotter, type Snapshotter } from './snapshotter.js';
 import { lockDataDir } from './data-dir-lock.js';
 import type { Logger } from './logger.js';
 
@@ -68,6 +69,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
 
   let store: LayerStore;
   let plugin: DockerPlugin;
+  let snapshotter: Snapshotter;
   try {
     store = await openLayerStore({
       dir: storeDirOf(config),
@@ -89,6 +91,14 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       logger: logger.child({ component: 'docker-plugin' }),
     });
     stops.push(() => plugin.close());
+    snapshotter = await startSnapshotter({
+      socketPath: config.snapshotterSocket,
+      store,
+      mountpoint: config.mountpoint,
+      catalogDir: join(config.dataDir, 'snapshots'),
+      logger: logger.child({ component: 'snapshotter' }),
+    });
+    stops.push(() => snapshotter.close());
   } catch (err) {
     await unwind();
     throw err;
@@ -99,6 +109,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       dataDir: config.dataDir,
       mountpoint: config.mountpoint,
       dockerPluginSocket: plugin.socketPath,
+      snapshotterSocket: snapshotter.socketPath,
       layers: store.listLayers().length,
     },
     'agent started',

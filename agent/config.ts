@@ -108,6 +108,11 @@ export const configSchema = {
     '/run/docker/plugins/lcfs.sock',
     () => '/run/docker/plugins/lcfs.sock',
   ),
+  snapshotterSocket: pathKey(
+    'Unix socket of the containerd snapshotter (proxy plugin "lcfs" in containerd\'s config)',
+    '/run/lcfs/snapshotter.sock',
+    () => '/run/lcfs/snapshotter.sock',
+  ),
   logLevel: enumKey('Lowest level of log line written', LOG_LEVELS, 'info'),
   flushIntervalMs: integerKey(
     'How long, in ms, node operations may wait before the store makes them durable',

@@ -59,7 +59,7 @@ export interface AttrChange {
 }
 
 /** One entry of `changes`, numbered as Docker numbers them. */
-export const enum ChangeKind {
+export enum ChangeKind {
   Modify = 0,
   Add = 1,
   Delete = 2,

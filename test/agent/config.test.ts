@@ -49,6 +49,7 @@ describe('agent config', () => {
       dataDir: '/var/lib/lcfs',
       mountpoint: '/var/lib/lcfs/mnt',
       dockerPluginSocket: '/run/docker/plugins/lcfs.sock',
+      snapshotterSocket: '/run/lcfs/snapshotter.sock',
       logLevel: 'info',
       flushIntervalMs: 50,
     });
@@ -59,6 +60,7 @@ describe('agent config', () => {
       'LCFS_DATA_DIR',
       'LCFS_MOUNTPOINT',
       'LCFS_DOCKER_PLUGIN_SOCKET',
+      'LCFS_SNAPSHOTTER_SOCKET',
       'LCFS_LOG_LEVEL',
       'LCFS_FLUSH_INTERVAL_MS',
     ]);
@@ -66,6 +68,7 @@ describe('agent config', () => {
       'data-dir',
       'mountpoint',
       'docker-plugin-socket',
+      'snapshotter-socket',
       'log-level',
       'flush-interval-ms',
     ]);
@@ -87,6 +90,7 @@ describe('agent config', () => {
       dataDir: '/from/env',
       mountpoint: '/mnt/from-file',
       dockerPluginSocket: '/run/docker/plugins/lcfs.sock',
+      snapshotterSocket: '/run/lcfs/snapshotter.sock',
       logLevel: 'debug',
       flushIntervalMs: 30,
     });
@@ -157,7 +161,7 @@ describe('agent config', () => {
     const err = await expectConfigError(
       loadConfig({ file }),
       'LCFS_ECONFIG_UNKNOWN_KEY',
-      /^config: unknown key "logLvl" \[from file .*config\.json\]; known keys: dataDir,mountpoint,dockerPluginSocket,logLevel,flushIntervalMs$/,
+      /^config: unknown key "logLvl" \[from file .*config\.json\]; known keys: dataDir,mountpoint,dockerPluginSocket,snapshotterSocket,logLevel,flushIntervalMs$/,
     );
     assert.equal(err.key, 'logLvl');
   });

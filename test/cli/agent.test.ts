@@ -13,9 +13,14 @@ describe('lcfs agent (real process)', () => {
   let dataDir: string;
   const agents: AgentProcess[] = [];
 
-  /** Starts `lcfs agent`; its Docker plugin socket goes in the test's folder, not /run. */
+  /** Starts `lcfs agent`; its sockets go in the test's folder, not /run. */
   function startAgent(args: string[], env?: NodeJS.ProcessEnv): AgentProcess {
-    const socket = ['--docker-plugin-socket', join(dataDir, 'docker-plugin.sock')];
+    const socket = [
+      '--docker-plugin-socket',
+      join(dataDir, 'docker-plugin.sock'),
+      '--snapshotter-socket',
+      join(dataDir, 'snapshotter.sock'),
+    ];
     const agent = new AgentProcess([...args, ...socket], env);
     agents.push(agent);
     return agent;
