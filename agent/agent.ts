@@ -4,6 +4,7 @@ import { openLayerStore, VolumeMount, type LayerStore } from '../fs/index.js';
 import type { AgentConfig } from './config.js';
 import { startDockerPlugin, type DockerPlugin } from './docker-plugin.js';
 import { startSnapshotter, type Snapshotter } from './snapshotter.js';
+import { notifySystemdReady } from './systemd.js';
 import { lockDataDir } from './data-dir-lock.js';
 import type { Logger } from './logger.js';
 
@@ -114,6 +115,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
     },
     'agent started',
   );
+  notifySystemdReady(log);
 
   let stopping: Promise<void> | undefined;
   const stopOnce = async (): Promise<void> => {

@@ -8,7 +8,7 @@ import { isStoreError, type LayerStore } from '../fs/index.js';
 /**
  * dockerd's graph driver plugin protocol (Docker 17–27 with --experimental), served on a unix
  * socket. Each endpoint is a thin translation onto the layer store; the protocol's facts are in
- * docs/docker.md. dockerd sends JSON without a Content-Type and ignores ours, except that Diff
+ * docs/engines.md. dockerd sends JSON without a Content-Type and ignores ours, except that Diff
  * answers with a raw tar and ApplyDiff sends one.
  */
 
