@@ -57,6 +57,7 @@ export async function applyTar(
   tar: Readable,
 ): Promise<ApplyResult> {
   const result: ApplyResult = { size: 0, written: [], pinned: [] };
+  const writer = new ChunkWriter(chunks, result);
   const addedHere = new Set<string>();
   const dirTimes = new Map<number, Timespec>();
   try {
@@ -88,7 +89,7 @@ export async function applyTar(
           }
           tree.removeName(dir, tree.inode(dir), name, existing, rec);
         }
-        const ino = await createNode(tree, chunks, dir, name, header, body, result);
+        const ino = await createNode(tree, writer, dir, name, header, body);
         applyAttrs(tree, ino, header, dirTimes);
       } catch (err) {
         if (
@@ -106,8 +107,11 @@ export async function applyTar(
     for (const [ino, mtime] of dirTimes) {
       if (tree.live(ino)) tree.putInode(ino, { ...tree.inode(ino), mtime, atime: mtime });
     }
+    await writer.drain();
     return result;
   } catch (err) {
+    // Let writes under way finish before their chunks are unpinned and released.
+    await writer.drain().catch(() => undefined);
     for (const ref of result.pinned) chunks.unpin(ref);
     result.pinned = [];
     throw err;
@@ -160,12 +164,11 @@ function makeOpaque(tree: LayerTree, dir: number, addedHere: Set<string>): void 
 
 async function createNode(
   tree: LayerTree,
-  chunks: ChunkStore,
+  writer: ChunkWriter,
   dir: number,
   name: string,
   h: TarHeader,
   body: AsyncIterable<Buffer>,
-  result: ApplyResult,
 ): Promise<number> {
   switch (h.type) {
     case 'dir':
@@ -198,7 +201,7 @@ async function createNode(
     }
     case 'file': {
       const ino = tree.newNode(dir, name, S_IFREG | h.mode, ROOT_CALLER).ino;
-      const refs = await storeContent(chunks, body, result);
+      const refs = await storeContent(writer, body, h.size);
       for (const ref of refs) tree.view.addRef(ref, 1);
       if (refs.length > 0) tree.view.put(contentKey(tree.index, ino), refs);
       tree.putInode(ino, { ...tree.inode(ino), size: h.size });
@@ -207,31 +210,71 @@ async function createNode(
   }
 }
 
+/** Chunk writes an apply keeps in flight while it reads on: enough to hide file latency. */
+const WRITES_IN_FLIGHT = 16;
+
+/**
+ * Stores an apply's chunks without waiting for each: the tar is parsed and hashed while earlier
+ * chunks are written, with at most WRITES_IN_FLIGHT writes (and their buffers) outstanding.
+ */
+class ChunkWriter {
+  private readonly inflight = new Set<Promise<void>>();
+  private failure: Error | undefined;
+
+  constructor(
+    private readonly chunks: ChunkStore,
+    private readonly result: ApplyResult,
+  ) {}
+
+  async submit(hash: string, data: Buffer): Promise<void> {
+    if (this.failure !== undefined) throw this.failure;
+    this.result.pinned.push(hash);
+    const write = this.chunks.storeSealed(hash, data).then(
+      (written) => {
+        if (written > 0) this.result.written.push(hash);
+      },
+      (err: unknown) => {
+        this.failure ??= err instanceof Error ? err : new Error(String(err));
+      },
+    );
+    const tracked = write.finally(() => this.inflight.delete(tracked));
+    this.inflight.add(tracked);
+    if (this.inflight.size >= WRITES_IN_FLIGHT) await Promise.race(this.inflight);
+  }
+
+  async drain(): Promise<void> {
+    await Promise.all(this.inflight);
+    if (this.failure !== undefined) throw this.failure;
+  }
+}
+
 /** Cuts a body into chunks, storing each under its hash; a chunk the store holds costs nothing. */
 async function storeContent(
-  chunks: ChunkStore,
+  writer: ChunkWriter,
   body: AsyncIterable<Buffer>,
-  result: ApplyResult,
+  size: number,
 ): Promise<string[]> {
   const refs: string[] = [];
-  let buf = Buffer.allocUnsafe(CHUNK_SIZE);
+  let left = size;
+  const fresh = (): Buffer => Buffer.allocUnsafe(Math.max(1, Math.min(CHUNK_SIZE, left)));
+  let buf = fresh();
   let fill = 0;
   const seal = async (): Promise<void> => {
     const data = buf.subarray(0, fill);
     const hash = sha256(data);
-    result.pinned.push(hash);
-    if ((await chunks.storeSealed(hash, data)) > 0) result.written.push(hash);
     refs.push(hash);
-    buf = Buffer.allocUnsafe(CHUNK_SIZE);
+    left -= fill;
+    await writer.submit(hash, data);
+    buf = fresh();
     fill = 0;
   };
   for await (const part of body) {
     for (let at = 0; at < part.length;) {
-      const n = Math.min(part.length - at, CHUNK_SIZE - fill);
+      const n = Math.min(part.length - at, buf.length - fill);
       part.copy(buf, fill, at, at + n);
       fill += n;
       at += n;
-      if (fill === CHUNK_SIZE) await seal();
+      if (fill === buf.length) await seal();
     }
   }
   if (fill > 0) await seal();
