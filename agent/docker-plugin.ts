@@ -68,7 +68,14 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
       return {};
     },
     'GraphDriver.Remove': async (b) => {
-      await store.removeLayer(id(b));
+      const layer = id(b);
+      // Removal is idempotent, as in Docker's own drivers: a Remove whose reply was lost (the
+      // agent or dockerd went down) is retried, and must not wedge the container for good.
+      if (!store.exists(layer)) {
+        log?.info({ layer }, 'Remove of a layer that is already gone');
+        return {};
+      }
+      await store.removeLayer(layer);
       return {};
     },
     'GraphDriver.Get': (b) => {

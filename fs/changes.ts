@@ -189,26 +189,8 @@ function sameXattrs(a: InodeRecord['xattrs'], b: InodeRecord['xattrs']): boolean
   return ka.every((k) => b?.[k] !== undefined && Buffer.from(a![k]).equals(Buffer.from(b[k])));
 }
 
-/**
- * A name to write a changed hard-linked file as a link to, rather than as content: one of its
- * other names that did not change, and so already exists with this content below the diff.
- * Without it, `ln /old /new` would come out as a copy of /old.
- */
-function unchangedName(
-  tree: LayerTree,
-  ino: number,
-  path: string,
-  changed: ReadonlySet<string>,
-): string | undefined {
-  return tree.paths(ino).find((p) => p !== path && !changed.has(p));
-}
-
-/**
- * Docker's DiffSize: sizes of added or modified non-directories, hard links counted once. A
- * file the diff writes as a link to an unchanged name adds nothing, as in the applied tar.
- */
+/** Docker's DiffSize: sizes of added or modified non-directories, hard links counted once. */
 export function changesSize(tree: LayerTree, changes: Change[]): number {
-  const changed = new Set(changes.map((c) => c.path));
   const seen = new Set<number>();
   let size = 0;
   for (const c of changes) {
@@ -216,10 +198,7 @@ export function changesSize(tree: LayerTree, changes: Change[]): number {
     const ino = tree.resolve(c.path);
     const rec = tree.inode(ino);
     if (isDir(rec.mode) || seen.has(ino)) continue;
-    if (rec.nlink > 1) {
-      seen.add(ino);
-      if (isReg(rec.mode) && unchangedName(tree, ino, c.path, changed) !== undefined) continue;
-    }
+    if (rec.nlink > 1) seen.add(ino);
     size += rec.size;
   }
   return size;
@@ -240,8 +219,9 @@ const TYPE_OF: Record<number, TarType> = {
  */
 export function diffTar(tree: LayerTree, data: FileData, changes: Change[]): Readable {
   async function* entries(): AsyncGenerator<Buffer> {
+    // A layer tar can link only to names it holds itself: a file also reachable by an unchanged
+    // name is written whole, as Docker writes it, so the tar applies on any driver.
     const firstPath = new Map<number, string>();
-    const changed = new Set(changes.map((c) => c.path));
     for (const change of changes) {
       const rel = change.path.slice(1);
       if (change.kind === ChangeKind.Delete) {
@@ -274,15 +254,7 @@ export function diffTar(tree: LayerTree, data: FileData, changes: Change[]): Rea
           yield encodeHeader({ ...header, type: 'link', linkname: first });
           continue;
         }
-        if (rec.nlink > 1) {
-          const kept = unchangedName(tree, ino, change.path, changed);
-          if (kept !== undefined) {
-            firstPath.set(ino, kept.slice(1));
-            yield encodeHeader({ ...header, type: 'link', linkname: kept.slice(1) });
-            continue;
-          }
-          firstPath.set(ino, rel);
-        }
+        if (rec.nlink > 1) firstPath.set(ino, rel);
         header.size = rec.size;
       }
       yield encodeHeader(header);

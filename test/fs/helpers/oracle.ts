@@ -69,15 +69,8 @@ export function expectedChanges(oldTree: TreeSnapshot, newTree: TreeSnapshot): C
 /**
  * DiffSize as Docker computes it: the size of every added or modified non-directory in the new
  * tree (a symlink's size is its target's length), nodes with nlink > 1 counted once per ino.
- * One refinement, so that DiffSize equals what applying the diff reports: a changed hard-linked
- * file with another, unchanged name is written as a link to that name and adds nothing.
  */
 export function expectedDiffSize(newTree: TreeSnapshot, changes: readonly Change[]): number {
-  const changed = new Set(changes.map((c) => c.path));
-  const namesByIno = new Map<number, string[]>();
-  for (const [path, n] of newTree) {
-    if (n.nlink > 1) namesByIno.set(n.ino, [...(namesByIno.get(n.ino) ?? []), path]);
-  }
   let size = 0;
   const seen = new Set<number>();
   for (const c of changes) {
@@ -87,8 +80,6 @@ export function expectedDiffSize(newTree: TreeSnapshot, changes: readonly Change
     if (n.nlink > 1) {
       if (seen.has(n.ino)) continue;
       seen.add(n.ino);
-      const names = namesByIno.get(n.ino) ?? [];
-      if (n.type === 'file' && names.some((p) => p !== c.path && !changed.has(p))) continue;
     }
     size += n.size;
   }
