@@ -242,8 +242,11 @@ export class ChunkStore {
     this.meta.onNextCommit(() => this.reap(ref));
   }
 
-  /** Makes mutable chunks durable: an fsync each, or one syncfs when there are many. */
-  async syncMutable(refs: Iterable<string>): Promise<void> {
+  /**
+   * Makes mutable chunks durable (all those written since their last sync, by default): an
+   * fsync each, or one syncfs when there are many.
+   */
+  async syncMutable(refs: Iterable<string> = this.unsyncedMutable): Promise<void> {
     const todo = [...new Set(refs)].filter((r) => this.unsyncedMutable.has(r));
     for (const ref of todo) this.unsyncedMutable.delete(ref);
     if (todo.length > SYNCFS_THRESHOLD) {

@@ -68,7 +68,8 @@ export class MetaDB implements MetaView {
   ) {
     // With overlapping sync (the default) a commit is visible first and durable a moment later;
     // flush() waits for both, and after a power loss LMDB reopens at the last durable commit.
-    this.db = open({ path, compression: false });
+    // Shared structures: records of one shape (inodes, layers) store their field names once.
+    this.db = open({ path, compression: false, sharedStructuresKey: Symbol.for('structures') });
   }
 
   get<T>(key: string): T | undefined {
