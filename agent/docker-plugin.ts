@@ -150,6 +150,11 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
   async function serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://plugin');
     const name = url.pathname.slice(1);
+    const started = process.hrtime.bigint();
+    res.on('finish', () => {
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      log?.debug({ endpoint: name, ms, status: res.statusCode }, 'plugin request');
+    });
     try {
       if (req.method !== 'POST')
         throw new BadRequest(`${req.method} ${url.pathname}: only POST is served`);
