@@ -137,6 +137,18 @@ export async function startSnapshotter(opts: SnapshotterOptions): Promise<Snapsh
     },
   ];
 
+  /**
+   * Whether a committed snapshot holds chain `ref` on `parent`. containerd names snapshots
+   * `<namespace>/<n>/<key>`, so the chain is found by its label, as containerd itself then
+   * looks it up (`labels."containerd.io/snapshot.ref"==<ref>,parent==<parent>`); a snapshot
+   * named by the bare chain counts too.
+   */
+  const holdsChain = (ref: string, parent: string): boolean =>
+    catalog.get(ref)?.kind === 'COMMITTED' ||
+    catalog
+      .all()
+      .some((r) => r.kind === 'COMMITTED' && r.labels[TARGET_REF] === ref && r.parent === parent);
+
   async function create(
     kind: SnapshotKind,
     key: string,
@@ -151,7 +163,7 @@ export async function startSnapshotter(opts: SnapshotterOptions): Promise<Snapsh
       // A remote snapshotter answers "already exists" for a chain it holds, and containerd
       // skips the download and unpack.
       const target = labels[TARGET_REF];
-      if (kind === 'ACTIVE' && target && catalog.get(target)?.kind === 'COMMITTED') {
+      if (kind === 'ACTIVE' && target && holdsChain(target, parent)) {
         throw new SnapshotError(
           grpc.status.ALREADY_EXISTS,
           `target snapshot ${target} already exists`,
@@ -315,7 +327,8 @@ export async function startSnapshotter(opts: SnapshotterOptions): Promise<Snapsh
         for (let i = 0; i < infos.length; i += 100) call.write({ info: infos.slice(i, i + 100) });
         call.end();
       } catch (err) {
-        call.destroy(grpcError(err));
+        // A server stream sends its status from end() or an 'error' event; destroy() sends none.
+        call.emit('error', grpcError(err));
       }
     },
     Usage: (call, cb) => {

@@ -1,4 +1,5 @@
 import AgentCommand from './commands/agent.js';
+import SetupContainerdCommand from './commands/setup/containerd.js';
 
 /**
  * Every `lcfs` command, by id. oclif loads this one module (the "explicit" discovery strategy)
@@ -7,4 +8,5 @@ import AgentCommand from './commands/agent.js';
  */
 export const COMMANDS = {
   agent: AgentCommand,
+  'setup:containerd': SetupContainerdCommand,
 };
