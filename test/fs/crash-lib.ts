@@ -3,77 +3,15 @@
  * a seeded PRNG, seeded incompressible content, the ack journal format and parser, and a tree
  * hash computed through the LayerStore API only.
  */
-import { createCipheriv, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { LayerStore } from '../../fs/layer-store.js';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG } from './helpers/posix.js';
+import { sha256Hex, type SeededRandom } from './helpers/prng.js';
 
 // ---------- seeded randomness ----------
 
-/** sfc32: a small, fast, seedable PRNG. */
-export class Prng {
-  private a: number;
-  private b: number;
-  private c: number;
-  private d: number;
-
-  constructor(seed: number | string) {
-    const h = createHash('sha256').update(String(seed)).digest();
-    this.a = h.readUInt32LE(0);
-    this.b = h.readUInt32LE(4);
-    this.c = h.readUInt32LE(8);
-    this.d = h.readUInt32LE(12);
-    for (let i = 0; i < 12; i++) this.next();
-  }
-
-  /** Uniform in [0, 1). */
-  next(): number {
-    this.a |= 0;
-    this.b |= 0;
-    this.c |= 0;
-    this.d |= 0;
-    const t = (((this.a + this.b) | 0) + this.d) | 0;
-    this.d = (this.d + 1) | 0;
-    this.a = this.b ^ (this.b >>> 9);
-    this.b = (this.c + (this.c << 3)) | 0;
-    this.c = (this.c << 21) | (this.c >>> 11);
-    this.c = (this.c + t) | 0;
-    return (t >>> 0) / 4294967296;
-  }
-
-  /** Integer in [lo, hi] inclusive. */
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-
-  pick<T>(items: readonly T[]): T {
-    if (items.length === 0) throw new Error('pick from empty list');
-    return items[Math.floor(this.next() * items.length)];
-  }
-}
-
-/** `size` bytes of incompressible content derived from `key` (AES-128-CTR keystream). */
-export function seededBytes(key: string, size: number, offset = 0): Buffer {
-  const k = createHash('sha256').update(key).digest();
-  const iv = Buffer.alloc(16);
-  // Start the counter at the block that holds `offset`.
-  const block = Math.floor(offset / 16);
-  iv.writeUInt32BE(Math.floor(block / 2 ** 32) >>> 0, 8);
-  iv.writeUInt32BE(block >>> 0, 12);
-  const cipher = createCipheriv('aes-128-ctr', k.subarray(0, 16), iv);
-  const skip = offset - block * 16;
-  const out = cipher.update(Buffer.alloc(size + skip));
-  return skip === 0 ? out : out.subarray(skip);
-}
-
-export function sha256(data: Buffer | string): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
 /** A file size: mostly small, some medium, about one in six above one chunk (1 MiB). */
-export function randomFileSize(rng: Prng): number {
+export function randomFileSize(rng: SeededRandom): number {
   const r = rng.next();
   if (r < 0.08) return 0;
   if (r < 0.6) return rng.int(1, 64 * 1024);
@@ -82,14 +20,6 @@ export function randomFileSize(rng: Prng): number {
 }
 
 // ---------- file types ----------
-
-export const S_IFMT = 0o170000;
-export const S_IFDIR = 0o040000;
-export const S_IFREG = 0o100000;
-export const S_IFLNK = 0o120000;
-export const S_IFCHR = 0o020000;
-export const S_IFBLK = 0o060000;
-export const S_IFIFO = 0o010000;
 
 export function typeChar(mode: number): string {
   switch (mode & S_IFMT) {
@@ -201,7 +131,7 @@ export async function walkTree(
       else if (t === 'c' || t === 'b') extra = String(a.rdev);
       const xnames = store.listxattr(id, a.ino).slice().sort();
       const xattrs = xnames
-        .map((n) => `${n}=${sha256(store.getxattr(id, a.ino, n)).slice(0, 16)}`)
+        .map((n) => `${n}=${sha256Hex(store.getxattr(id, a.ino, n)).slice(0, 16)}`)
         .join(',');
       lines.push(
         [
@@ -226,7 +156,7 @@ export async function walkTree(
     }
   };
   await walkDir(rootIno, '');
-  return { lines, nodes, hash: sha256(lines.join('\n')) };
+  return { lines, nodes, hash: sha256Hex(lines.join('\n')) };
 }
 
 /** Resolves a path and returns the sha256 of the file's content. */
@@ -374,7 +304,7 @@ export interface VerifyStats {
 export async function verify(
   store: LayerStore,
   j: Journal,
-  opts: { full: boolean; sinceLine: number; rng: Prng },
+  opts: { full: boolean; sinceLine: number; rng: SeededRandom },
 ): Promise<{ errors: string[]; stats: VerifyStats }> {
   const errors: string[] = [];
   const stats: VerifyStats = { layers: 0, hashChecks: 0, walks: 0, fsyncChecks: 0, inoChecks: 0 };

@@ -16,18 +16,9 @@ import tar from 'tar-stream';
 import { openLayerStore } from '../../fs/index.js';
 import type { LayerStore } from '../../fs/layer-store.js';
 import type { Caller } from '../../fs/types.js';
-import {
-  type Journal,
-  Prng,
-  S_IFIFO,
-  S_IFMT,
-  S_IFREG,
-  parseJournal,
-  randomFileSize,
-  seededBytes,
-  sha256,
-  walkTree,
-} from './crash-lib.js';
+import { type Journal, parseJournal, randomFileSize, walkTree } from './crash-lib.js';
+import { S_IFIFO, S_IFMT, S_IFREG } from './helpers/posix.js';
+import { labelledBytes, SeededRandom, sha256Hex } from './helpers/prng.js';
 
 const [storeDir, journalPath, seedArg, iterArg] = process.argv.slice(2);
 if (!storeDir || !journalPath || !seedArg || !iterArg) {
@@ -36,7 +27,7 @@ if (!storeDir || !journalPath || !seedArg || !iterArg) {
 }
 const seed = seedArg;
 const iter = Number(iterArg);
-const rng = new Prng(`${seed}:child:${iter}`);
+const rng = new SeededRandom(`${seed}:child:${iter}`);
 const caller: Caller = { uid: 0, gid: 0 };
 // Safety net: never outlive a parent that forgot us.
 setTimeout(() => process.exit(4), 60_000).unref();
@@ -179,7 +170,7 @@ async function writeSession(store: LayerStore, m: Model, id: string): Promise<vo
       const perm = rng.pick([0o644, 0o600, 0o755, 0o640]);
       const a = store.create(id, d.ino, name, S_IFREG | perm, caller);
       const size = randomFileSize(rng);
-      const data = seededBytes(`${seed}:${id}:${path}`, size);
+      const data = labelledBytes(`${seed}:${id}:${path}`, size);
       await writePieces(store, id, a.ino, 0, data);
       if (rng.chance(0.35)) {
         await store.fsync(id, a.ino);
@@ -188,7 +179,7 @@ async function writeSession(store: LayerStore, m: Model, id: string): Promise<vo
           const dirPath = parts.slice(0, k).join('/');
           await store.fsync(id, dirInos.get(dirPath) ?? store.resolve(id, dirPath).ino);
         }
-        ack(`fsynced ${id} ${path} ${sha256(data)} ${size}`);
+        ack(`fsynced ${id} ${path} ${sha256Hex(data)} ${size}`);
         protectedPaths.add(path);
       } else {
         files.push({ path, ino: a.ino, dir: d.ino, name, size });
@@ -205,7 +196,7 @@ async function writeSession(store: LayerStore, m: Model, id: string): Promise<vo
       const f = rng.pick(files);
       const off = rng.int(0, f.size);
       const len = rng.int(1, 200 * 1024);
-      const data = seededBytes(`${seed}:${id}:${f.path}:mod${counter++}`, len);
+      const data = labelledBytes(`${seed}:${id}:${f.path}:mod${counter++}`, len);
       await writePieces(store, id, f.ino, off, data);
       f.size = Math.max(f.size, off + len);
     } else if (r < 0.77) {
@@ -239,7 +230,7 @@ async function writeSession(store: LayerStore, m: Model, id: string): Promise<vo
         id,
         f.ino,
         `user.k${rng.int(0, 3)}`,
-        seededBytes(`${seed}:x${counter++}`, rng.int(0, 200)),
+        labelledBytes(`${seed}:x${counter++}`, rng.int(0, 200)),
       );
       await store.setattr(id, f.ino, { mode: S_IFREG | rng.pick([0o600, 0o644, 0o700, 0o755]) });
     } else {
@@ -266,7 +257,7 @@ async function buildTar(store: LayerStore, parent: string | null): Promise<Buffe
   const used = new Set<string>();
   const addFile = (name: string): void => {
     const size = randomFileSize(rng) >> (rng.chance(0.5) ? 1 : 0);
-    const data = seededBytes(`${seed}:tar:${name}:${counter++}`, size);
+    const data = labelledBytes(`${seed}:tar:${name}:${counter++}`, size);
     pack.entry({ name, size, mode: rng.pick([0o644, 0o600, 0o755]), mtime, ...owner() }, data);
     used.add(name);
   };

@@ -27,7 +27,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openLayerStore } from '../../fs/index.js';
 import type { LayerStore } from '../../fs/layer-store.js';
-import { Prng, type VerifyStats, parseJournal, verify } from './crash-lib.js';
+import { type VerifyStats, parseJournal, verify } from './crash-lib.js';
+import { SeededRandom } from './helpers/prng.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const writer = join(here, 'crash-writer.ts');
@@ -114,7 +115,7 @@ describe('layer store crash safety (SIGKILL at random moments)', function () {
     const kills = Number(process.env.LCFS_CRASH_KILLS ?? 60);
     const budgetMs = Number(process.env.LCFS_CRASH_BUDGET_MS ?? 110_000);
     console.log(`      crash test seed: ${seed} (rerun with LCFS_CRASH_SEED=${seed})`);
-    const rng = new Prng(`${seed}:parent`);
+    const rng = new SeededRandom(`${seed}:parent`);
     const base = mkdtempSync(join(tmpdir(), 'lcfs-crash-'));
     const storeDir = join(base, 'store');
     const journalPath = join(base, 'journal');

@@ -2,13 +2,13 @@
 import { createCipheriv, createHash } from 'node:crypto';
 
 export class SeededRandom {
-  readonly seed: number;
+  readonly seed: number | string;
   private a: number;
   private b: number;
   private c: number;
   private d: number;
 
-  constructor(seed: number) {
+  constructor(seed: number | string) {
     this.seed = seed;
     const h = createHash('sha256').update(`lcfs-test:${seed}`).digest();
     this.a = h.readUInt32LE(0);
@@ -71,21 +71,24 @@ export class SeededRandom {
       key.writeUInt32LE(this.int(0, 0xffffffff), i);
       iv.writeUInt32LE(this.int(0, 0xffffffff), i);
     }
-    return keystream(key, iv, size);
+    return createCipheriv('aes-128-ctr', key, iv).update(Buffer.alloc(size));
   }
 }
 
-/** `size` incompressible bytes that depend only on `label` (the same label gives the same bytes). */
-export function labelledBytes(label: string, size: number): Buffer {
-  const h = createHash('sha256').update(label).digest();
-  return keystream(h.subarray(0, 16), h.subarray(16, 32), size);
-}
-
-function keystream(key: Buffer, iv: Buffer, size: number): Buffer {
-  const cipher = createCipheriv('aes-128-ctr', key, iv);
-  const out = cipher.update(Buffer.alloc(size));
-  cipher.final();
-  return out;
+/**
+ * `size` incompressible bytes that depend only on `label` (the same label gives the same bytes),
+ * starting `offset` bytes into that label's endless stream (an AES-128-CTR keystream), so a
+ * part of a file can be made without the rest.
+ */
+export function labelledBytes(label: string, size: number, offset = 0): Buffer {
+  const key = createHash('sha256').update(label).digest().subarray(0, 16);
+  const iv = Buffer.alloc(16);
+  const block = Math.floor(offset / 16);
+  iv.writeUInt32BE(Math.floor(block / 2 ** 32) >>> 0, 8);
+  iv.writeUInt32BE(block >>> 0, 12);
+  const skip = offset - block * 16;
+  const out = createCipheriv('aes-128-ctr', key, iv).update(Buffer.alloc(size + skip));
+  return skip === 0 ? out : out.subarray(skip);
 }
 
 export function sha256Hex(data: Buffer | string): string {
