@@ -3,7 +3,15 @@ import { defineConfig } from 'eslint/config';
 import tseslint from 'typescript-eslint';
 
 export default defineConfig(
-  { ignores: ['dist/', 'node_modules/', 'bench-results/', 'proto/generated/', 'fs/fuse/native/build/'] },
+  {
+    ignores: [
+      'dist/',
+      'node_modules/',
+      'bench-results/',
+      'proto/generated/',
+      'fs/fuse/native/build/',
+    ],
+  },
   js.configs.recommended,
   tseslint.configs.recommendedTypeChecked,
   {
