@@ -1504,12 +1504,20 @@ describe('docker: dockerd 20.10 on the lcfs graph driver plugin', function () {
 
     it('dockerd logged no error but those the tests provoked on purpose', async () => {
       const unexpected = lines(await d.logText()).filter(
-        (l, i) => isErrorLine(l) && !provokedErrors.has(i),
+        (l, i) => isErrorLine(l) && !provokedErrors.has(i) && !isContainerdReconnect(l),
       );
       assert.deepEqual(unexpected, []);
     });
   });
 });
+
+/**
+ * dockerd's event stream from its own containerd breaks when that containerd stops, as in the
+ * restart tests, and dockerd logs it at error level whatever the storage driver.
+ */
+function isContainerdReconnect(line: string): boolean {
+  return line.includes('module=libcontainerd') && line.includes('transport is closing');
+}
 
 function isErrorLine(line: string): boolean {
   return line.includes('level=error') || line.includes('level=fatal');
