@@ -17,7 +17,8 @@ import { basename, dirname, join } from 'node:path';
 import { SeededRandom } from '../fs/helpers/prng.js';
 import { buildBusyboxRootfs } from '../fuse/helpers/trees.js';
 import { SnapshotterAgent } from './helpers/agent.js';
-import { Containerd, sleep } from './helpers/containerd.js';
+import { Containerd } from './helpers/containerd.js';
+import { sleep } from '../helpers/cleanup.js';
 import { buildImageTar, type ImageTar } from './helpers/image.js';
 import {
   grpc,

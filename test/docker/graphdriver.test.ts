@@ -33,7 +33,8 @@ import {
   tarRootfs,
 } from './helpers/busybox-image.js';
 import { DOCKER_CLI_20, Dockerd } from './helpers/dockerd.js';
-import { exec, execOk, sleep } from './helpers/exec.js';
+import { exec, execOk } from './helpers/exec.js';
+import { sleep } from '../helpers/cleanup.js';
 import { errOf, pluginPost } from './helpers/plugin-client.js';
 import { scanTar, type ScannedEntry } from './helpers/tar-scan.js';
 

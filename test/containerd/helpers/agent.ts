@@ -17,7 +17,7 @@ import {
   onProcessExit,
   unmountAllUnder,
   unmountAllUnderSync,
-} from './containerd.js';
+} from '../../helpers/cleanup.js';
 
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 60_000;

@@ -9,96 +9,29 @@
  *   await ctd.start();     // again, on the same root and state
  *   await ctd.dispose();   // in `after`: stop, kill our shims, umount -l leftovers, remove the dir
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { closeSync, openSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run, type RunResult } from '../../fuse/helpers/shell.js';
+import {
+  alive,
+  onProcessExit,
+  sleep,
+  unmountAllUnder,
+  unmountAllUnderSync,
+} from '../../helpers/cleanup.js';
 
 const READY_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 30_000;
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 export function describeRun(argv: string[], r: RunResult): string {
   return (
     `$ ${argv.join(' ')}\n(exit ${r.code}${r.signal ? `, signal ${r.signal}` : ''})\n` +
     `--- stdout\n${r.stdout}--- stderr\n${r.stderr}`
   );
-}
-
-/** Whether a process with this pid exists. */
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** mountinfo escapes space, tab, newline and backslash as octal. */
-function mountPoints(text: string): string[] {
-  return text
-    .split('\n')
-    .filter(Boolean)
-    .map((line) =>
-      line
-        .split(' ')[4]
-        .replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))),
-    );
-}
-
-/** Mount points at `path` or below it, in mount order. */
-export async function mountsUnder(path: string): Promise<string[]> {
-  return mountPoints(await readFile('/proc/self/mountinfo', 'utf8')).filter(
-    (m) => m === path || m.startsWith(path + '/'),
-  );
-}
-
-/** `umount -l` on everything mounted at or under `path`, latest first. */
-export async function unmountAllUnder(path: string): Promise<string[]> {
-  const mounts = (await mountsUnder(path)).reverse();
-  for (const m of mounts) await run(['umount', '-l', m]);
-  return mounts;
-}
-
-/** The same, synchronously, for a process 'exit' handler. */
-export function unmountAllUnderSync(path: string): void {
-  let text: string;
-  try {
-    text = spawnSync('cat', ['/proc/self/mountinfo'], { encoding: 'utf8' }).stdout;
-  } catch {
-    return;
-  }
-  for (const m of mountPoints(text)
-    .filter((p) => p === path || p.startsWith(path + '/'))
-    .reverse())
-    spawnSync('umount', ['-l', m]);
-}
-
-/** Last-resort cleanup if the test process exits without running its `after` hooks. */
-const exitCleanups = new Set<() => void>();
-let exitHookInstalled = false;
-export function onProcessExit(cleanup: () => void): () => void {
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    process.on('exit', () => {
-      for (const fn of [...exitCleanups].reverse()) {
-        try {
-          fn();
-        } catch {
-          // best effort
-        }
-      }
-    });
-  }
-  exitCleanups.add(cleanup);
-  return () => exitCleanups.delete(cleanup);
 }
 
 /**

@@ -14,7 +14,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../../fuse/helpers/shell.js';
-import { alive, describeRun, onProcessExit, sleep } from './containerd.js';
+import { describeRun } from './containerd.js';
+import { alive, onProcessExit, sleep } from '../../helpers/cleanup.js';
 
 export const REGISTRY_BIN = '/usr/bin/docker-registry';
 

@@ -14,7 +14,13 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentProcess, cleanEnv, type LogLine } from '../../cli/lcfs-process.js';
-import { alive, mountsUnder, onProcessExit, unmountAllUnder, unmountAllUnderSync } from './exec.js';
+import {
+  alive,
+  mountsUnder,
+  onProcessExit,
+  unmountAllUnder,
+  unmountAllUnderSync,
+} from '../../helpers/cleanup.js';
 
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 60_000;

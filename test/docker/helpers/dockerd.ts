@@ -18,17 +18,14 @@ import { closeSync, openSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { describeResult, exec, type ExecOptions, type ExecResult } from './exec.js';
 import {
   alive,
-  describeResult,
-  exec,
   onProcessExit,
   sleep,
   unmountAllUnder,
   unmountAllUnderSync,
-  type ExecOptions,
-  type ExecResult,
-} from './exec.js';
+} from '../../helpers/cleanup.js';
 
 /** The v28 client the tests drive dockerd with (it warns that the 20.10 API is deprecated). */
 export const DOCKER_CLI = '/usr/local/bin/docker';
