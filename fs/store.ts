@@ -196,6 +196,7 @@ class LocalLayerStore implements LayerStore {
     this.treeContext.quotas.forget(rec.index);
     await this.meta.flush();
     this.runInBackground(this.purge(rec.index));
+    await this.emit({ layer: id, index: rec.index, entries: [], inodes: [], removed: true });
   }
 
   layerAt(index: number): LayerInfo | undefined {
@@ -591,7 +592,10 @@ class LocalLayerStore implements LayerStore {
       if (kind === 'd') entries.push([Number(a), rest.join('/')]);
       else if (kind === 'i' || kind === 'c') inodes.add(Number(a));
     }
-    const change: LayerChange = { layer: rec.id, index: rec.index, entries, inodes: [...inodes] };
+    await this.emit({ layer: rec.id, index: rec.index, entries, inodes: [...inodes] });
+  }
+
+  private async emit(change: LayerChange): Promise<void> {
     await Promise.all(
       [...this.changeListeners].map(async (listener) => {
         try {

@@ -90,8 +90,8 @@ export interface AccessCounters {
 }
 
 /**
- * A change made to a layer other than through node operations (an applyDiff), so that caches
- * above the store, the kernel's through FUSE, can drop what they hold of it.
+ * A change made to a layer other than through node operations (an applyDiff, a removal), so
+ * that caches above the store, the kernel's through FUSE, can drop what they hold of it.
  */
 export interface LayerChange {
   readonly layer: string;
@@ -100,4 +100,6 @@ export interface LayerChange {
   readonly entries: ReadonlyArray<readonly [number, string]>;
   /** Nodes whose attributes or content changed. */
   readonly inodes: readonly number[];
+  /** The layer itself is gone. */
+  readonly removed?: boolean;
 }

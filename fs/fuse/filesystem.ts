@@ -11,11 +11,13 @@ import { ATTR_FIELDS, KEEP_CACHE, Op, SetAttr, type FuseBinding, type Req } from
  *
  * A node id packs the layer's index and the node's ino (`index * 2^32 + ino`), so every layer
  * has its own inode numbers while hard links within a layer share one. The kernel may cache
- * names, attributes and pages for long (see CACHE_TTL); the root is never cached, so layers the
- * engines create or remove appear and vanish at once.
+ * names, attributes and pages for long (see CACHE_TTL); a missing layer name is never cached and
+ * a removed layer's name is invalidated, so layers the engines create or remove appear and vanish
+ * at once.
  */
 
-const ROOT = 1;
+/** The volume root's node id, where the layer directories are. */
+export const ROOT_NODE = 1;
 const INO_SPAN = 2 ** 32;
 /**
  * How long the kernel may keep names and attributes. Nothing changes a layer behind its back:
@@ -123,7 +125,7 @@ export class LayerFilesystem {
       case Op.Lookup:
         return this.lookup(req, ino, name);
       case Op.Getattr: {
-        if (ino === ROOT) return f.replyAttr(req, this.rootAttr(), 0);
+        if (ino === ROOT_NODE) return f.replyAttr(req, this.rootAttr(), 0);
         const n = this.node(ino);
         return f.replyAttr(req, this.attr(n, this.store.getattr(n.layer, n.ino)), CACHE_TTL);
       }
@@ -228,12 +230,12 @@ export class LayerFilesystem {
         return f.replyErr(req, 0);
       }
       case Op.Getxattr: {
-        if (ino === ROOT) return f.replyErr(req, ERRNO.ENODATA);
+        if (ino === ROOT_NODE) return f.replyErr(req, ERRNO.ENODATA);
         const n = this.node(ino);
         return this.sized(req, size, this.store.getxattr(n.layer, n.ino, name));
       }
       case Op.Listxattr: {
-        if (ino === ROOT) return this.sized(req, size, Buffer.alloc(0));
+        if (ino === ROOT_NODE) return this.sized(req, size, Buffer.alloc(0));
         const n = this.node(ino);
         const names = this.store.listxattr(n.layer, n.ino);
         return this.sized(req, size, Buffer.from(names.map((x) => `${x}\0`).join('')));
@@ -255,15 +257,16 @@ export class LayerFilesystem {
   }
 
   private lookup(req: Req, parent: number, name: string): void {
-    if (parent === ROOT) {
+    if (parent === ROOT_NODE) {
       const info = this.store.exists(name) ? this.store.layer(name) : undefined;
       if (!info) return this.fuse.replyEntry(req, null, 0, 0);
       const n = { layer: name, ino: this.store.root(name), frozen: info.state === 'frozen' };
-      // Layer directories are never cached, so a removed layer disappears at once.
+      // Cached like any name: removing a layer drops its entry from the kernel (see VolumeMount);
+      // a missing one (above) is never cached, so a new layer appears at once.
       return this.fuse.replyEntry(
         req,
         this.attr(n, this.store.getattr(n.layer, n.ino)),
-        0,
+        CACHE_TTL,
         CACHE_TTL,
       );
     }
@@ -320,7 +323,7 @@ export class LayerFilesystem {
     const names = ['.', '..'];
     const attrs: Attr[] = [];
     let ttlSec = 0;
-    if (ino === ROOT) {
+    if (ino === ROOT_NODE) {
       const root = this.rootAttrOf();
       attrs.push(root, root);
       for (const info of this.store.listLayers()) {
@@ -372,14 +375,14 @@ export class LayerFilesystem {
     const info = index === 0 ? undefined : this.store.layerAt(index);
     if (!info)
       throw Object.assign(new Error('stale node'), {
-        fuseErrno: id === ROOT ? ERRNO.EPERM : ERRNO.ENOENT,
+        fuseErrno: id === ROOT_NODE ? ERRNO.EPERM : ERRNO.ENOENT,
       });
     return { layer: info.id, ino: id - index * INO_SPAN, frozen: info.state === 'frozen' };
   }
 
   /** A directory node inside a layer; the volume root takes no changes. */
   private dirNode(id: number): Node {
-    if (id === ROOT) throw Object.assign(new Error('volume root'), { fuseErrno: ERRNO.EPERM });
+    if (id === ROOT_NODE) throw Object.assign(new Error('volume root'), { fuseErrno: ERRNO.EPERM });
     return this.node(id);
   }
 
@@ -392,7 +395,7 @@ export class LayerFilesystem {
   private rootAttrOf(): Attr {
     const t = this.mountedAt;
     return {
-      ino: ROOT,
+      ino: ROOT_NODE,
       mode: 0o040755,
       uid: 0,
       gid: 0,

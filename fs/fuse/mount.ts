@@ -11,7 +11,7 @@ import {
   type RequestHandler,
   type SessionHandle,
 } from './binding.js';
-import { LayerFilesystem, nodeId } from './filesystem.js';
+import { LayerFilesystem, nodeId, ROOT_NODE } from './filesystem.js';
 
 /**
  * Mount options, and why each is there:
@@ -42,10 +42,15 @@ export class VolumeMount {
     // Changes the kernel did not see (an applyDiff into a mounted layer) must not be hidden by
     // what it cached: drop those names and nodes from its caches.
     this.unsubscribe = store.onLayerChange((change) => {
-      const items: Array<[number, string?]> = [
-        ...change.entries.map(([dir, name]): [number, string] => [nodeId(change.index, dir), name]),
-        ...change.inodes.map((ino): [number] => [nodeId(change.index, ino)]),
-      ];
+      const items: Array<[number, string?]> = change.removed
+        ? [[ROOT_NODE, change.layer]]
+        : [
+            ...change.entries.map(([dir, name]): [number, string] => [
+              nodeId(change.index, dir),
+              name,
+            ]),
+            ...change.inodes.map((ino): [number] => [nodeId(change.index, ino)]),
+          ];
       const done = fuse.invalidate(session, items).finally(() => this.invalidating.delete(done));
       this.invalidating.add(done);
       return done;
