@@ -22,7 +22,7 @@
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SnapshotterAgent } from '../containerd/helpers/agent.js';
+import { LcfsAgent } from '../helpers/lcfs-agent.js';
 import { Containerd } from '../containerd/helpers/containerd.js';
 import { sleep } from '../helpers/cleanup.js';
 import { buildImageTar, writeRandomLayer, type ImageTar } from '../containerd/helpers/image.js';
@@ -78,7 +78,7 @@ async function timedMs(what: string, argv: string[]): Promise<number> {
 export default async function containerdBench(): Promise<BenchRow[]> {
   const work = await mkdtemp(join(tmpdir(), 'lcfs-bench-ctd-'));
   let registry: Registry | undefined;
-  let agent: SnapshotterAgent | undefined;
+  let agent: LcfsAgent | undefined;
   let ctd: Containerd | undefined;
   let client: SnapshotsClient | undefined;
   const unpackMs: Record<Snapshotter, number[]> = { lcfs: [], overlayfs: [], native: [] };
@@ -91,10 +91,13 @@ export default async function containerdBench(): Promise<BenchRow[]> {
     );
     registry = await Registry.start();
     const ref = await registry.push(image.path, 'lcfs-bench/img:1');
-    agent = await SnapshotterAgent.start('bench');
-    ctd = await Containerd.start({ proxySnapshotters: { lcfs: agent.socketPath }, label: 'bench' });
+    agent = await LcfsAgent.start();
+    ctd = await Containerd.start({
+      proxySnapshotters: { lcfs: agent.snapshotterSocket },
+      label: 'bench',
+    });
     const c = ctd;
-    const lcfs = (client = new SnapshotsClient(agent.socketPath));
+    const lcfs = (client = new SnapshotsClient(agent.snapshotterSocket));
     const ctr = (...args: string[]): string[] => ['ctr', '--address', c.address, ...args];
     const pull = (sn: Snapshotter): Promise<number> =>
       timedMs(

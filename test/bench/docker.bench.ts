@@ -6,7 +6,7 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LcfsAgent } from '../docker/helpers/agent.js';
+import { LcfsAgent } from '../helpers/lcfs-agent.js';
 import { makeBusyboxRootfs, tarRootfs, importImage } from '../docker/helpers/busybox-image.js';
 import { Dockerd } from '../docker/helpers/dockerd.js';
 import { median, type BenchRow } from './report.js';

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { SeededRandom } from '../fs/helpers/prng.js';
 import { buildBusyboxRootfs } from '../fuse/helpers/trees.js';
-import { SnapshotterAgent } from './helpers/agent.js';
+import { LcfsAgent } from '../helpers/lcfs-agent.js';
 import { Containerd } from './helpers/containerd.js';
 import { sleep } from '../helpers/cleanup.js';
 import { buildImageTar, type ImageTar } from './helpers/image.js';
@@ -67,7 +67,7 @@ describe('containerd snapshotter: a real containerd 1.6 with the lcfs proxy plug
   this.timeout(300_000);
   let work: string;
   let image: ImageTar;
-  let agent: SnapshotterAgent;
+  let agent: LcfsAgent;
   let ctd: Containerd;
   let client: SnapshotsClient;
   /** The store layer (mount source) of the container's snapshot, once known. */
@@ -137,9 +137,12 @@ describe('containerd snapshotter: a real containerd 1.6 with the lcfs proxy plug
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'lcfs-ctd-work-'));
     image = await buildTestImage(work);
-    agent = await SnapshotterAgent.start('ctd');
-    ctd = await Containerd.start({ proxySnapshotters: { lcfs: agent.socketPath }, label: 'snap' });
-    client = new SnapshotsClient(agent.socketPath);
+    agent = await LcfsAgent.start();
+    ctd = await Containerd.start({
+      proxySnapshotters: { lcfs: agent.snapshotterSocket },
+      label: 'snap',
+    });
+    client = new SnapshotsClient(agent.snapshotterSocket);
   });
 
   after(async () => {
@@ -364,7 +367,7 @@ describe('containerd snapshotter: a real containerd 1.6 with the lcfs proxy plug
 
 describe('containerd snapshotter: the gRPC API on the agent socket', function () {
   this.timeout(180_000);
-  let agent: SnapshotterAgent;
+  let agent: LcfsAgent;
   let client: SnapshotsClient;
   const { status } = grpc;
 
@@ -392,8 +395,8 @@ describe('containerd snapshotter: the gRPC API on the agent socket', function ()
 
   before(async () => {
     // No containerd here: its garbage collector would remove snapshots it does not know.
-    agent = await SnapshotterAgent.start('grpc');
-    client = new SnapshotsClient(agent.socketPath);
+    agent = await LcfsAgent.start();
+    client = new SnapshotsClient(agent.snapshotterSocket);
     await client.waitReady();
   });
 
@@ -652,7 +655,7 @@ describe('containerd snapshotter: the gRPC API on the agent socket', function ()
     const viewSource = bind(await client.mounts('base-view')).source;
     client.close();
     await agent.restart();
-    client = new SnapshotsClient(agent.socketPath);
+    client = new SnapshotsClient(agent.snapshotterSocket);
     await client.waitReady();
     const after = (await client.list()).infos.sort((a, b) => a.name.localeCompare(b.name));
     assert.deepEqual(after, before);

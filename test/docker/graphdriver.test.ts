@@ -22,7 +22,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildTar, type TarEntrySpec } from '../fs/helpers/tar.js';
-import { LcfsAgent } from './helpers/agent.js';
+import { LcfsAgent } from '../helpers/lcfs-agent.js';
 import {
   APP,
   GROUP,

@@ -13,14 +13,14 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AgentProcess, cleanEnv, type LogLine } from '../../cli/lcfs-process.js';
+import { AgentProcess, cleanEnv, type LogLine } from '../cli/lcfs-process.js';
 import {
   alive,
   mountsUnder,
   onProcessExit,
   unmountAllUnder,
   unmountAllUnderSync,
-} from '../../helpers/cleanup.js';
+} from './cleanup.js';
 
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 60_000;
@@ -41,7 +41,10 @@ export class LcfsAgent {
   readonly pluginName: string;
   readonly dataDir: string;
   readonly mountpoint: string;
+  /** The Docker plugin's socket, in /run/docker/plugins where dockerd looks. */
   readonly socketPath: string;
+  /** The containerd snapshotter's socket, private to this agent. */
+  readonly snapshotterSocket: string;
   private current: AgentProcess | undefined;
   private runs: AgentProcess[] = [];
   private readonly ownsDataDir: boolean;
@@ -54,6 +57,7 @@ export class LcfsAgent {
     this.ownsDataDir = ownsDataDir;
     this.mountpoint = join(dataDir, 'mnt');
     this.socketPath = `/run/docker/plugins/${this.pluginName}.sock`;
+    this.snapshotterSocket = join(dataDir, 'snapshotter.sock');
     this.logLevel = opts.logLevel ?? 'info';
   }
 
@@ -96,7 +100,7 @@ export class LcfsAgent {
         this.socketPath,
         // Private, so that no other agent on the machine (or test) shares it.
         '--snapshotter-socket',
-        join(this.dataDir, 'snapshotter.sock'),
+        this.snapshotterSocket,
         '--log-level',
         this.logLevel,
       ],
@@ -130,6 +134,12 @@ export class LcfsAgent {
     }
     const left = await mountsUnder(this.mountpoint);
     if (left.length > 0) throw new Error(`agent exited 0 but left mounts: ${left.join(', ')}`);
+  }
+
+  /** SIGTERM (checked as in `stop`), then a new run on the same data dir. */
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
   }
 
   /** SIGKILL, as a crash: the FUSE mount is left stale, for the next start to clear. */
