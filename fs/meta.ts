@@ -29,7 +29,7 @@ export interface MetaView {
   addRef(ref: string, delta: number): void;
 }
 
-export function splitKey(key: string): [string, string] {
+function splitKey(key: string): [string, string] {
   const at = key.lastIndexOf('/');
   return [key.slice(0, at), key.slice(at + 1)];
 }

@@ -306,7 +306,7 @@ export function encodeHeader(h: TarHeader): Buffer {
   ]);
 }
 
-export function pad(data: Buffer): Buffer {
+function pad(data: Buffer): Buffer {
   const rest = data.length % BLOCK;
   return rest === 0 ? data : Buffer.concat([data, Buffer.alloc(BLOCK - rest)]);
 }

@@ -1,9 +1,18 @@
 import { constants } from 'node:os';
 import type { Logger } from 'pino';
 import { isStoreError } from '../errors.js';
+import { now } from '../records.js';
 import type { LayerStore } from '../layer-store.js';
 import type { Attr, AttrChange, Timespec } from '../types.js';
-import { ATTR_FIELDS, KEEP_CACHE, Op, SetAttr, type FuseBinding, type Req } from './binding.js';
+import {
+  ATTR_FIELDS,
+  KEEP_CACHE,
+  Op,
+  SetAttr,
+  type FuseBinding,
+  type Req,
+  type RequestHandler,
+} from './binding.js';
 
 /**
  * The LCFS volume over FUSE: the root lists one directory per layer, and each layer directory
@@ -53,31 +62,30 @@ export class LayerFilesystem {
     private readonly fuse: FuseBinding,
     private readonly log?: Logger,
   ) {
-    const ms = Date.now();
-    this.mountedAt = [Math.floor(ms / 1000), (ms % 1000) * 1e6];
+    this.mountedAt = now();
   }
 
   /** Handles one request; every path answers exactly once. */
-  readonly handle = (
-    op: number,
-    req: Req | null,
-    ino: number,
-    ino2: number,
-    name: string | undefined,
-    name2: string | undefined,
-    data: Buffer | undefined,
-    size: number,
-    off: number,
-    mode: number,
-    rdev: number,
-    flags: number,
-    fh: number,
-    uid: number,
-    gid: number,
-    _pid: number,
-    _umask: number,
-    setattr: number[] | undefined,
-  ): void => {
+  readonly handle: RequestHandler = (
+    op,
+    req,
+    ino,
+    ino2,
+    name,
+    name2,
+    data,
+    size,
+    off,
+    mode,
+    rdev,
+    flags,
+    fh,
+    uid,
+    gid,
+    _pid,
+    _umask,
+    setattr,
+  ) => {
     if (req === null) return;
     try {
       const result = this.dispatch(
@@ -294,10 +302,10 @@ export class LayerFilesystem {
     if (toSet & SetAttr.Uid) change.uid = uid;
     if (toSet & SetAttr.Gid) change.gid = gid;
     if (toSet & SetAttr.Size) change.size = size;
-    const now = nowSpec();
-    if (toSet & SetAttr.AtimeNow) change.atime = now;
+    const t = now();
+    if (toSet & SetAttr.AtimeNow) change.atime = t;
     else if (toSet & SetAttr.Atime) change.atime = [aSec, aNsec];
-    if (toSet & SetAttr.MtimeNow) change.mtime = now;
+    if (toSet & SetAttr.MtimeNow) change.mtime = t;
     else if (toSet & SetAttr.Mtime) change.mtime = [mSec, mNsec];
     const attr = await this.store.setattr(n.layer, n.ino, change);
     this.fuse.replyAttr(req, this.attr(n, attr), CACHE_TTL);
@@ -427,11 +435,6 @@ export class LayerFilesystem {
 
 export function nodeId(layerIndex: number, ino: number): number {
   return layerIndex * INO_SPAN + ino;
-}
-
-function nowSpec(): Timespec {
-  const ms = Date.now();
-  return [Math.floor(ms / 1000), (ms % 1000) * 1e6];
 }
 
 function pack(out: Float64Array, at: number, a: Attr): void {
