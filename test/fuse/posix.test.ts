@@ -30,18 +30,20 @@ import {
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import {
+  S_IFBLK,
+  S_IFCHR,
+  S_IFDIR,
+  S_IFIFO,
+  S_IFLNK,
+  S_IFMT,
+  S_IFREG,
+  S_IFSOCK,
+} from '../fs/helpers/posix.js';
 import { disposeAll, startVolume, type Volume } from './helpers/volume-process.js';
 import { expectErrno, py, q, shFails, shOk, sleep, USER } from './helpers/shell.js';
 
 const MiB = 1 << 20;
-const S_IFMT = 0o170000;
-const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
-const S_IFLNK = 0o120000;
-const S_IFIFO = 0o010000;
-const S_IFCHR = 0o020000;
-const S_IFBLK = 0o060000;
-const S_IFSOCK = 0o140000;
 
 function sha(buf: Buffer): string {
   return createHash('sha256').update(buf).digest('hex');

@@ -1,49 +1,13 @@
 /** Running host commands for the Docker tests: argv in, exit status and output back. */
-import { spawn } from 'node:child_process';
+import { run, type RunResult, type ShOptions } from '../../fuse/helpers/shell.js';
 import { sleep } from '../../helpers/cleanup.js';
 
-export interface ExecResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-export interface ExecOptions {
-  input?: string | Buffer;
-  env?: Record<string, string>;
-  cwd?: string;
-  timeoutMs?: number;
-}
+export type ExecResult = RunResult;
+export type ExecOptions = Omit<ShOptions, 'uid' | 'gid'>;
 
 /** Runs argv to completion; never throws on a non-zero exit (it throws if argv[0] cannot run). */
 export function exec(argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(argv[0], argv.slice(1), {
-      cwd: opts.cwd ?? '/',
-      env: { ...process.env, LC_ALL: 'C', TZ: 'UTC', ...opts.env },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
-    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-    const timeoutMs = opts.timeoutMs ?? 120_000;
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      stderr += `\n[killed after ${timeoutMs} ms]`;
-    }, timeoutMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr });
-    });
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(opts.input ?? '');
-  });
+  return run(argv, { timeoutMs: 120_000, ...opts });
 }
 
 export function describeResult(argv: string[], r: ExecResult): string {
