@@ -1,6 +1,16 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { AccessCheck } from '../cluster/access-check.js';
+import { BlobCache } from '../cluster/blob-cache.js';
+import { startClusterNode, type ClusterNode } from '../cluster/cluster-node.js';
+import { createMirrorMetrics, registerCacheGauges } from '../cluster/metrics.js';
+import { PullRouter } from '../cluster/pull-router.js';
+import { startRegistryMirror, type RegistryMirror } from '../cluster/registry-mirror.js';
+import { TagMemory } from '../cluster/tag-memory.js';
+import { Upstreams } from '../cluster/upstreams.js';
 import { openLayerStore, VolumeMount, type LayerStore } from '../fs/index.js';
+import { startApiServer, type ApiServer } from './api-server.js';
 import type { AgentConfig } from './config.js';
 import { startDockerPlugin, type DockerPlugin } from './docker-plugin.js';
 import { startSnapshotter, type Snapshotter } from './snapshotter.js';
@@ -11,18 +21,38 @@ import type { Logger } from './logger.js';
 /**
  * The composition root: the one place that builds the agent's components from the
  * configuration and wires them together: the data directory lock, the layer store, the FUSE
- * volume over it, and the engine adapters. They start in that order and stop in reverse, so
- * nothing is served before what it stands on and nothing outlives it.
+ * volume over it, the engine adapters, the blob cache, the cluster node (when etcd or static
+ * peers are configured), the registry mirror and the API. They start in that order and stop in
+ * reverse, so nothing is served before what it stands on and nothing outlives it.
  */
 export interface RunningAgent {
   readonly config: AgentConfig;
   readonly store: LayerStore;
+  /** Where the registry mirror and the API listen (ports filled in when 0 was asked for). */
+  readonly mirrorAddress: string | undefined;
+  readonly apiAddress: string | undefined;
   /** Stops the components in reverse order of start. Calling it again returns the same promise. */
   stop(): Promise<void>;
 }
 
 export function storeDirOf(config: AgentConfig): string {
   return join(config.dataDir, 'store');
+}
+
+/** The package's version, from package.json beside the sources or beside dist/. */
+async function packageVersion(): Promise<string> {
+  for (const path of ['../package.json', '../../package.json']) {
+    try {
+      const parsed = JSON.parse(await readFile(new URL(path, import.meta.url), 'utf8')) as {
+        name?: string;
+        version?: string;
+      };
+      if (parsed.name === 'lcfs' && typeof parsed.version === 'string') return parsed.version;
+    } catch {
+      // not this one
+    }
+  }
+  return 'unknown';
 }
 
 /**
@@ -71,6 +101,9 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
   let store: LayerStore;
   let plugin: DockerPlugin;
   let snapshotter: Snapshotter;
+  let mirror: RegistryMirror | undefined;
+  let api: ApiServer | undefined;
+  let cluster: ClusterNode | undefined;
   try {
     store = await openLayerStore({
       dir: storeDirOf(config),
@@ -100,6 +133,72 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       logger: logger.child({ component: 'snapshotter' }),
     });
     stops.push(() => snapshotter.close());
+
+    const metrics = new Registry();
+    collectDefaultMetrics({ register: metrics, prefix: 'lcfs_process_' });
+    const cache = await BlobCache.open({
+      dir: join(config.dataDir, 'blobs'),
+      maxBytes: config.blobCacheBytes,
+      logger: logger.child({ component: 'blob-cache' }),
+    });
+    if (config.etcdEndpoints.length > 0 || config.staticPeers.length > 0) {
+      cluster = await startClusterNode({
+        dataDir: config.dataDir,
+        p2pAddress: config.p2pAddress,
+        secretFile: config.clusterSecretFile,
+        etcdEndpoints: config.etcdEndpoints,
+        prefix: config.clusterPrefix,
+        staticPeers: config.staticPeers,
+        cache,
+        mirrorAddress: config.mirrorAddress,
+        apiAddress: config.apiAddress,
+        version: await packageVersion(),
+        logger: logger.child({ component: 'cluster' }),
+      });
+      const started = cluster;
+      stops.push(() => started.stop());
+    }
+    const mirrorMetrics = createMirrorMetrics(metrics);
+    const inventory = cluster?.inventory;
+    registerCacheGauges(metrics, {
+      cacheBytes: () => cache.usedBytes,
+      cacheBlobs: () => cache.list().length,
+      inventoryBlobs: () => inventory?.knownBlobs() ?? 0,
+    });
+    if (config.mirrorAddress !== '') {
+      const mirrorLogger = logger.child({ component: 'mirror' });
+      mirror = await startRegistryMirror({
+        address: config.mirrorAddress,
+        upstreams: await Upstreams.load(config.upstreams, config.registryAuthFile, mirrorLogger),
+        router: new PullRouter({
+          cache,
+          metrics: mirrorMetrics,
+          logger: mirrorLogger,
+          cluster: cluster && {
+            inventory: cluster.inventory,
+            peers: cluster.transfer,
+            flights: cluster.flights,
+          },
+        }),
+        cache,
+        access: new AccessCheck(mirrorLogger),
+        tags: await TagMemory.open(join(config.dataDir, 'blobs', 'tags')),
+        serveStaleTags: config.serveStaleTags,
+        metrics: mirrorMetrics,
+        logger: mirrorLogger,
+      });
+      const started = mirror;
+      stops.push(() => started.close());
+    }
+    if (config.apiAddress !== '') {
+      api = await startApiServer({
+        address: config.apiAddress,
+        metrics,
+        logger: logger.child({ component: 'api' }),
+      });
+      const started = api;
+      stops.push(() => started.close());
+    }
   } catch (err) {
     await unwind();
     throw err;
@@ -111,6 +210,9 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       mountpoint: config.mountpoint,
       dockerPluginSocket: plugin.socketPath,
       snapshotterSocket: snapshotter.socketPath,
+      mirrorAddress: mirror?.address,
+      apiAddress: api?.address,
+      peerId: cluster?.peerId,
       layers: store.listLayers().length,
     },
     'agent started',
@@ -126,6 +228,8 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
   return {
     config,
     store,
+    mirrorAddress: mirror?.address,
+    apiAddress: api?.address,
     stop: () => (stopping ??= stopOnce()),
   };
 }

@@ -90,6 +90,105 @@ function integerKey(
   };
 }
 
+/** A `host:port` to listen on; an empty string turns the listener off. */
+function addressKey(description: string, fallback: string): KeySpec<string> {
+  return {
+    description,
+    defaultText: fallback === '' ? '(off)' : fallback,
+    fallback: () => fallback,
+    parse(raw) {
+      if (raw === '') return { value: '' };
+      if (typeof raw !== 'string' || !/^[^\s:]+:\d{1,5}$/.test(raw.trim())) {
+        return { invalid: 'must be host:port, or empty to turn it off' };
+      }
+      const port = Number(raw.trim().split(':')[1]);
+      return port > 65535 ? { invalid: 'must have a port up to 65535' } : { value: raw.trim() };
+    },
+  };
+}
+
+/**
+ * A list: a JSON array of strings in the file, or comma-separated text in env and flags. Each
+ * item is checked by `item`, which returns the reason it is invalid.
+ */
+function listKey(
+  description: string,
+  fallback: readonly string[],
+  item: (value: string) => string | undefined,
+): KeySpec<readonly string[]> {
+  return {
+    description,
+    defaultText: fallback.length === 0 ? '(none)' : fallback.join(','),
+    fallback: () => fallback,
+    parse(raw) {
+      const items =
+        typeof raw === 'string'
+          ? raw
+              .split(',')
+              .map((part) => part.trim())
+              .filter((part) => part !== '')
+          : raw;
+      if (!Array.isArray(items) || !items.every((entry) => typeof entry === 'string')) {
+        return { invalid: 'must be a list of strings (JSON array, or comma-separated)' };
+      }
+      for (const entry of items) {
+        const reason = item(entry);
+        if (reason !== undefined) return { invalid: `has an invalid item "${entry}": ${reason}` };
+      }
+      return { value: items };
+    },
+  };
+}
+
+function booleanKey(description: string, fallback: boolean): KeySpec<boolean> {
+  return {
+    description,
+    defaultText: String(fallback),
+    fallback: () => fallback,
+    parse(raw) {
+      if (raw === true || raw === 'true') return { value: true };
+      if (raw === false || raw === 'false') return { value: false };
+      return { invalid: 'must be true or false' };
+    },
+  };
+}
+
+/** A string matching `pattern`. */
+function patternKey(
+  description: string,
+  fallback: string,
+  pattern: RegExp,
+  invalid: string,
+): KeySpec<string> {
+  return {
+    description,
+    defaultText: fallback,
+    fallback: () => fallback,
+    parse: (raw) => (typeof raw === 'string' && pattern.test(raw) ? { value: raw } : { invalid }),
+  };
+}
+
+/** An optional path: empty means unset. */
+function optionalPathKey(description: string): KeySpec<string> {
+  const path = pathKey(description, '(none)', () => '');
+  return {
+    ...path,
+    parse: (raw, source) => (raw === '' ? { value: '' } : path.parse(raw, source)),
+  };
+}
+
+function urlReason(value: string): string | undefined {
+  try {
+    const url = new URL(value);
+    return url.protocol === 'http:' || url.protocol === 'https:' ? undefined : 'not http(s)';
+  } catch {
+    return 'not a URL';
+  }
+}
+
+export const DEFAULT_API_ADDRESS = '127.0.0.1:7350';
+export const DEFAULT_MIRROR_ADDRESS = '127.0.0.1:7351';
+
 const DEFAULT_DATA_DIR = '/var/lib/lcfs';
 
 export const configSchema = {
@@ -119,6 +218,56 @@ export const configSchema = {
     1,
     60_000,
     50,
+  ),
+  apiAddress: addressKey('Where the REST API and Prometheus /metrics listen', DEFAULT_API_ADDRESS),
+  mirrorAddress: addressKey(
+    "Where the registry mirror for this host's engines listens",
+    DEFAULT_MIRROR_ADDRESS,
+  ),
+  upstreams: listKey(
+    'Upstream registries as registry=URL; a registry not listed is reached at https://<registry>',
+    ['docker.io=https://registry-1.docker.io'],
+    (entry) => {
+      const at = entry.indexOf('=');
+      if (at <= 0) return 'must be registry=URL';
+      return urlReason(entry.slice(at + 1));
+    },
+  ),
+  registryAuthFile: optionalPathKey(
+    'Credentials for upstream registries, in Docker\'s config.json format ({"auths": …})',
+  ),
+  blobCacheBytes: integerKey(
+    "Size bound of the registry mirror's blob cache; least recently used blobs go first",
+    1 << 20,
+    Number.MAX_SAFE_INTEGER,
+    20 * 2 ** 30,
+  ),
+  serveStaleTags: booleanKey(
+    'When the upstream is unreachable, resolve tags from the last value seen',
+    false,
+  ),
+  etcdEndpoints: listKey(
+    'etcd endpoints of the cluster (http://host:port); none runs standalone',
+    [],
+    urlReason,
+  ),
+  clusterPrefix: patternKey(
+    'Key prefix of this cluster in etcd',
+    '/lcfs',
+    /^\/[A-Za-z0-9._/-]*[^/]$/,
+    'must be an absolute key prefix such as /lcfs, with no trailing slash',
+  ),
+  clusterSecretFile: optionalPathKey(
+    "Pre-shared key of the cluster's private libp2p network (swarm.key format)",
+  ),
+  p2pAddress: addressKey(
+    'Where the libp2p node listens for peers (used when the agent is in a cluster)',
+    '0.0.0.0:7352',
+  ),
+  staticPeers: listKey(
+    'libp2p multiaddrs of peers to dial without etcd (/ip4/…/tcp/…/p2p/…)',
+    [],
+    (entry) => (entry.startsWith('/') ? undefined : 'must be a multiaddr'),
   ),
 } satisfies Record<string, KeySpec<unknown>>;
 

@@ -52,6 +52,17 @@ describe('agent config', () => {
       snapshotterSocket: '/run/lcfs/snapshotter.sock',
       logLevel: 'info',
       flushIntervalMs: 50,
+      apiAddress: '127.0.0.1:7350',
+      mirrorAddress: '127.0.0.1:7351',
+      upstreams: ['docker.io=https://registry-1.docker.io'],
+      registryAuthFile: '',
+      blobCacheBytes: 20 * 2 ** 30,
+      serveStaleTags: false,
+      etcdEndpoints: [],
+      clusterPrefix: '/lcfs',
+      clusterSecretFile: '',
+      p2pAddress: '0.0.0.0:7352',
+      staticPeers: [],
     });
   });
 
@@ -63,6 +74,17 @@ describe('agent config', () => {
       'LCFS_SNAPSHOTTER_SOCKET',
       'LCFS_LOG_LEVEL',
       'LCFS_FLUSH_INTERVAL_MS',
+      'LCFS_API_ADDRESS',
+      'LCFS_MIRROR_ADDRESS',
+      'LCFS_UPSTREAMS',
+      'LCFS_REGISTRY_AUTH_FILE',
+      'LCFS_BLOB_CACHE_BYTES',
+      'LCFS_SERVE_STALE_TAGS',
+      'LCFS_ETCD_ENDPOINTS',
+      'LCFS_CLUSTER_PREFIX',
+      'LCFS_CLUSTER_SECRET_FILE',
+      'LCFS_P2P_ADDRESS',
+      'LCFS_STATIC_PEERS',
     ]);
     assert.deepEqual(CONFIG_KEYS.map(flagNameOf), [
       'data-dir',
@@ -71,6 +93,17 @@ describe('agent config', () => {
       'snapshotter-socket',
       'log-level',
       'flush-interval-ms',
+      'api-address',
+      'mirror-address',
+      'upstreams',
+      'registry-auth-file',
+      'blob-cache-bytes',
+      'serve-stale-tags',
+      'etcd-endpoints',
+      'cluster-prefix',
+      'cluster-secret-file',
+      'p2p-address',
+      'static-peers',
     ]);
   });
 
@@ -93,6 +126,17 @@ describe('agent config', () => {
       snapshotterSocket: '/run/lcfs/snapshotter.sock',
       logLevel: 'debug',
       flushIntervalMs: 30,
+      apiAddress: '127.0.0.1:7350',
+      mirrorAddress: '127.0.0.1:7351',
+      upstreams: ['docker.io=https://registry-1.docker.io'],
+      registryAuthFile: '',
+      blobCacheBytes: 20 * 2 ** 30,
+      serveStaleTags: false,
+      etcdEndpoints: [],
+      clusterPrefix: '/lcfs',
+      clusterSecretFile: '',
+      p2pAddress: '0.0.0.0:7352',
+      staticPeers: [],
     });
   });
 
@@ -156,12 +200,53 @@ describe('agent config', () => {
     );
   });
 
+  it('reads lists as JSON arrays in the file and comma-separated in env and flags', async () => {
+    const file = await writeConfigFile({
+      etcdEndpoints: ['http://10.0.0.1:2379', 'http://10.0.0.2:2379'],
+    });
+    const config = await loadConfig({
+      file,
+      env: { LCFS_UPSTREAMS: 'docker.io=http://127.0.0.1:5000, ghcr.io=https://ghcr.io' },
+      flags: { serveStaleTags: 'true', mirrorAddress: '' },
+    });
+    assert.deepEqual(config.etcdEndpoints, ['http://10.0.0.1:2379', 'http://10.0.0.2:2379']);
+    assert.deepEqual(config.upstreams, [
+      'docker.io=http://127.0.0.1:5000',
+      'ghcr.io=https://ghcr.io',
+    ]);
+    assert.equal(config.serveStaleTags, true);
+    assert.equal(config.mirrorAddress, '', 'an empty address turns the mirror off');
+  });
+
+  it('names the bad item of a list, and rejects bad addresses and booleans', async () => {
+    await expectConfigError(
+      loadConfig({ env: { LCFS_UPSTREAMS: 'docker.io=ftp://x' } }),
+      'LCFS_ECONFIG_INVALID',
+      'config: upstreams has an invalid item "docker.io=ftp://x": not http(s) (got "docker.io=ftp://x") [from env LCFS_UPSTREAMS]',
+    );
+    await expectConfigError(
+      loadConfig({ flags: { mirrorAddress: '7351' } }),
+      'LCFS_ECONFIG_INVALID',
+      /^config: mirrorAddress must be host:port, or empty to turn it off/,
+    );
+    await expectConfigError(
+      loadConfig({ env: { LCFS_SERVE_STALE_TAGS: 'yes' } }),
+      'LCFS_ECONFIG_INVALID',
+      /^config: serveStaleTags must be true or false/,
+    );
+    await expectConfigError(
+      loadConfig({ env: { LCFS_CLUSTER_PREFIX: 'lcfs/' } }),
+      'LCFS_ECONFIG_INVALID',
+      /^config: clusterPrefix must be an absolute key prefix/,
+    );
+  });
+
   it('rejects an unknown key in the file and names it', async () => {
     const file = await writeConfigFile({ dataDir: '/x', logLvl: 'debug' });
     const err = await expectConfigError(
       loadConfig({ file }),
       'LCFS_ECONFIG_UNKNOWN_KEY',
-      /^config: unknown key "logLvl" \[from file .*config\.json\]; known keys: dataDir,mountpoint,dockerPluginSocket,snapshotterSocket,logLevel,flushIntervalMs$/,
+      /^config: unknown key "logLvl" \[from file .*config\.json\]; known keys: dataDir,mountpoint,dockerPluginSocket,snapshotterSocket,logLevel,flushIntervalMs,apiAddress,[a-zA-Z0-9,]+$/,
     );
     assert.equal(err.key, 'logLvl');
   });

@@ -26,7 +26,7 @@ import { LcfsAgent } from '../helpers/lcfs-agent.js';
 import { Containerd } from '../containerd/helpers/containerd.js';
 import { sleep } from '../helpers/cleanup.js';
 import { buildImageTar, writeRandomLayer, type ImageTar } from '../containerd/helpers/image.js';
-import { Registry } from '../containerd/helpers/registry.js';
+import { Registry } from '../helpers/registry.js';
 import { SnapshotsClient } from '../containerd/helpers/snapshots-client.js';
 import { SeededRandom } from '../fs/helpers/prng.js';
 import { run } from '../fuse/helpers/shell.js';

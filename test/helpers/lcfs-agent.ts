@@ -35,6 +35,8 @@ export interface AgentOptions {
   dataDir?: string;
   pluginName?: string;
   logLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'error';
+  /** More flags (cluster, mirror); they override the defaults below. */
+  args?: readonly string[];
 }
 
 export class LcfsAgent {
@@ -49,6 +51,11 @@ export class LcfsAgent {
   private runs: AgentProcess[] = [];
   private readonly ownsDataDir: boolean;
   private readonly logLevel: string;
+  private readonly extraArgs: readonly string[];
+  /** Where the last run's registry mirror and API listen, and its libp2p peer id. */
+  mirrorAddress: string | undefined;
+  apiAddress: string | undefined;
+  peerId: string | undefined;
   private unregisterExit: (() => void) | undefined;
 
   private constructor(dataDir: string, ownsDataDir: boolean, opts: AgentOptions) {
@@ -59,6 +66,7 @@ export class LcfsAgent {
     this.socketPath = `/run/docker/plugins/${this.pluginName}.sock`;
     this.snapshotterSocket = join(dataDir, 'snapshotter.sock');
     this.logLevel = opts.logLevel ?? 'info';
+    this.extraArgs = opts.args ?? [];
   }
 
   static async start(opts: AgentOptions = {}): Promise<LcfsAgent> {
@@ -103,6 +111,12 @@ export class LcfsAgent {
         this.snapshotterSocket,
         '--log-level',
         this.logLevel,
+        // Ports the system picks, so agents never collide; the started line says which.
+        '--mirror-address',
+        '127.0.0.1:0',
+        '--api-address',
+        '127.0.0.1:0',
+        ...this.extraArgs,
       ],
       cleanEnv(),
     );
@@ -115,7 +129,10 @@ export class LcfsAgent {
       if (pid !== undefined && alive(pid)) process.kill(pid, 'SIGKILL');
       unmountAllUnderSync(mnt);
     });
-    await proc.waitForLog('agent started', START_TIMEOUT_MS);
+    const started = await proc.waitForLog('agent started', START_TIMEOUT_MS);
+    this.mirrorAddress = started.mirrorAddress as string | undefined;
+    this.apiAddress = started.apiAddress as string | undefined;
+    this.peerId = started.peerId as string | undefined;
   }
 
   /** SIGTERM, then waits; throws unless the agent exits 0 and leaves its mount unmounted. */

@@ -1,0 +1,62 @@
+/**
+ * Cooperative pulls through real agents: each agent's registry mirror serves pulls from peers
+ * first, so the upstream sees one GET per blob for the whole cluster.
+ */
+import assert from 'node:assert/strict';
+import { pullThroughMirror, TestCluster } from './helpers/cluster.js';
+import type { RandomImage } from './helpers/random-images.js';
+
+const MiB = 1 << 20;
+
+function assertPulledRight(
+  pulled: Awaited<ReturnType<typeof pullThroughMirror>>,
+  image: RandomImage,
+): void {
+  assert.equal(pulled.manifestDigest, image.manifest.digest);
+  for (const digest of [image.config.digest, ...image.layers.map((layer) => layer.digest)]) {
+    assert.equal(pulled.blobs.get(digest), digest, `blob ${digest} arrived with other bytes`);
+  }
+}
+
+describe('cooperative pulls (etcd + libp2p + registry mirror)', function () {
+  this.timeout(300_000);
+  let cluster: TestCluster;
+
+  before(async () => {
+    cluster = await TestCluster.start({ agents: 3 });
+  });
+
+  after(async () => {
+    await cluster?.dispose();
+  });
+
+  it('a cold herd: every agent pulls at once, the upstream serves each blob once', async () => {
+    const image = await cluster.pushImage({
+      name: 'herd/cold',
+      layerSizes: [8 * MiB, 3 * MiB, 1 * MiB],
+    });
+    cluster.proxy.resetCounts();
+    const pulls = await Promise.all(
+      cluster.agents.map((agent) => pullThroughMirror(agent.mirrorAddress!, image)),
+    );
+    for (const pulled of pulls) assertPulledRight(pulled, image);
+    const gets = cluster.proxy.blobGets();
+    for (const digest of [image.config.digest, ...image.layers.map((layer) => layer.digest)]) {
+      assert.equal(
+        gets.get(digest)?.gets,
+        1,
+        `upstream GETs of ${digest}: ${JSON.stringify([...gets])}`,
+      );
+    }
+  });
+
+  it('warm: an agent pulls what another holds with no upstream blob GET', async () => {
+    const image = await cluster.pushImage({ name: 'herd/warm', layerSizes: [4 * MiB, 2 * MiB] });
+    const [first, second] = cluster.agents;
+    assertPulledRight(await pullThroughMirror(first.mirrorAddress!, image), image);
+    cluster.proxy.resetCounts();
+    assertPulledRight(await pullThroughMirror(second.mirrorAddress!, image), image);
+    const gets = cluster.proxy.blobGets();
+    assert.equal(gets.size, 0, `upstream blob GETs: ${JSON.stringify([...gets])}`);
+  });
+});
