@@ -1,5 +1,6 @@
 import AgentCommand from './commands/agent.js';
 import SetupContainerdCommand from './commands/setup/containerd.js';
+import SetupDockerCommand from './commands/setup/docker.js';
 
 /**
  * Every `lcfs` command, by id. oclif loads this one module (the "explicit" discovery strategy)
@@ -9,4 +10,5 @@ import SetupContainerdCommand from './commands/setup/containerd.js';
 export const COMMANDS = {
   agent: AgentCommand,
   'setup:containerd': SetupContainerdCommand,
+  'setup:docker': SetupDockerCommand,
 };

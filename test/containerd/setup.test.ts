@@ -17,11 +17,10 @@ import {
   ContainerdConfigError,
   planContainerdConfig,
   pluginBlock,
-  scanToml,
-  TomlScanError,
-  tomlString,
   type ConfigPlan,
-} from '../../cli/commands/setup/containerd.js';
+} from '../../cli/setup/containerd-config.js';
+import { tomlString } from '../../cli/setup/toml-edit.js';
+import { scanToml, TomlScanError } from '../../cli/setup/toml-scan.js';
 import { DEV_BIN, runToEnd } from '../cli/lcfs-process.js';
 import { Containerd } from './helpers/containerd.js';
 
