@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { isClusterError } from './errors.js';
+import { ClusterError, isClusterError } from './errors.js';
 import {
   identityKey,
   type ContentKind,
@@ -13,7 +13,7 @@ import {
  * blob with the identity's credentials). Peers hold blobs pulled by other hosts with other
  * credentials; without this check, any engine could read any private layer the cluster holds.
  *
- * Answers are kept for `ttlMs`. When the upstream cannot be reached, the last answer for the
+ * Answers are kept for `ttlMs`. When the upstream cannot be reached (or answers 5xx), the last answer for the
  * same question stands, however old, so cached pulls keep working while the registry is down;
  * a question never asked before is refused.
  */
@@ -56,6 +56,12 @@ export class AccessCheck {
     let decision: AccessDecision;
     try {
       const res = await upstream.head(kind, repo, digest, identity);
+      if (res.status >= 500) {
+        throw new ClusterError(
+          'LCFS_EUPSTREAM_UNREACHABLE',
+          `upstream ${upstream.name} answered ${res.status}`,
+        );
+      }
       const length = Number(res.headers.get('content-length') ?? NaN);
       decision = res.ok
         ? { allowed: true, size: Number.isSafeInteger(length) ? length : undefined }
@@ -78,12 +84,34 @@ export class AccessCheck {
         reason: `cannot check access to ${repo}@${digest}: ${err.message}`,
       };
     }
+    this.store(key, decision);
+    return decision;
+  }
+
+  /**
+   * Records that the upstream served this identity the content itself (a manifest it resolved
+   * from a tag), which answers the question without a HEAD.
+   */
+  served(
+    upstream: UpstreamRegistry,
+    kind: ContentKind,
+    repo: string,
+    digest: string,
+    identity: Identity,
+    size: number,
+  ): void {
+    this.store(`${upstream.name}/${repo}/${kind}/${digest} ${identityKey(identity)}`, {
+      allowed: true,
+      size,
+    });
+  }
+
+  private store(key: string, decision: AccessDecision): void {
     // Re-inserted so the map stays in age order, and the oldest answers go past the bound.
     this.answers.delete(key);
     this.answers.set(key, { decision, at: Date.now() });
     if (this.answers.size > MAX_ANSWERS) {
       this.answers.delete(this.answers.keys().next().value!);
     }
-    return decision;
   }
 }

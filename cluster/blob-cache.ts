@@ -47,7 +47,7 @@ interface BlobCacheEvents {
   added: [BlobInfo];
   /** A blob left the cache (evicted, or found corrupt). */
   removed: [BlobInfo];
-  /** A fetch started on this host; peers may stream it as it arrives. */
+  /** This host started fetching a blob from upstream; peers may stream it as it arrives. */
   fetching: [PartialBlob];
   /** A fetch gave up. */
   abandoned: [PartialBlob];
@@ -107,8 +107,9 @@ export class BlobCache extends EventEmitter<BlobCacheEvents> {
     return this.partials.get(digest);
   }
 
-  partialsInProgress(): PartialBlob[] {
-    return [...this.partials.values()];
+  /** Blobs this host is fetching from upstream now (not those it streams from a peer). */
+  upstreamFetches(): PartialBlob[] {
+    return [...this.partials.values()].filter((partial) => partial.fromUpstream);
   }
 
   /**
@@ -165,7 +166,6 @@ export class BlobCache extends EventEmitter<BlobCacheEvents> {
       this.partials.delete(digest);
       throw err;
     }
-    this.emit('fetching', partial);
     return partial;
   }
 
@@ -225,6 +225,11 @@ export class BlobCache extends EventEmitter<BlobCacheEvents> {
 export class PartialBlob {
   /** Total size, once a source has said it. */
   size: number | undefined;
+  /**
+   * Bytes come from the upstream. Only then is the fetch advertised to peers: a host that
+   * streams from a peer is not a source, or two such hosts could end up waiting on each other.
+   */
+  fromUpstream = false;
   private written = 0;
   private hash: Hash = createHash('sha256');
   private file: FileHandle | undefined;
@@ -259,6 +264,13 @@ export class PartialBlob {
       if (this.state === 'failed') throw this.failure ?? new Error('blob fetch failed');
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
+  }
+
+  /** Marks the fetch as coming from the upstream, and announces it. */
+  readingFromUpstream(): void {
+    if (this.fromUpstream) return;
+    this.fromUpstream = true;
+    this.cache.emit('fetching', this);
   }
 
   /** Records the blob's size; a source that disagrees with an earlier one is refused. */

@@ -150,7 +150,7 @@ export class InventoryGossip implements PeerInventory {
   private snapshot(): InventoryUpdate {
     return {
       have: this.cache.list().map((blob) => [blob.digest, blob.size]),
-      fetching: this.cache.partialsInProgress().map((partial) => partial.digest),
+      fetching: this.cache.upstreamFetches().map((partial) => partial.digest),
       uploads: this.uploads(),
     };
   }

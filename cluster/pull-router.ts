@@ -11,7 +11,7 @@ import type { ContentKind, Identity, UpstreamRegistry } from './upstream-registr
  *
  * 1. the local cache;
  * 2. a peer that holds it (see peer-selection.ts for which one);
- * 3. a peer that is fetching it now, streaming as its bytes arrive;
+ * 3. a peer that is fetching it from upstream now, streaming as its bytes arrive;
  * 4. the upstream registry, by the one agent in the cluster that wins the blob's flight
  *    (docs/cluster.md); the others stream from that agent, as in 3.
  *
@@ -76,8 +76,9 @@ export interface PullRouterOptions {
 
 /** A source sending nothing for this long is left for another. */
 const STALL_MS = 20_000;
-/** A fetch gives up after this many failed sources in a row. */
+/** A fetch gives up after this many failed sources, or this long without a usable one. */
 const MAX_FAILURES = 12;
+const MAX_WAIT_MS = 60_000;
 const RETRY_PAUSE_MS = 200;
 
 interface Source {
@@ -128,6 +129,7 @@ export class PullRouter {
   private async fetch(partial: PartialBlob, target: UpstreamTarget): Promise<void> {
     const { digest } = partial;
     let failures = 0;
+    let waitingSince: number | undefined;
     // Peers whose bytes went into the current attempt: blamed if the whole does not match.
     const contributors = new Set<string>();
     let upstreamContributed = false;
@@ -141,11 +143,18 @@ export class PullRouter {
         }
         const source = await this.chooseSource(digest, target);
         if (source === undefined) {
-          failures += 1;
+          // The flight is held by a peer we avoid (it died, or failed us): its lease expires
+          // within seconds, and then this agent or another takes the flight over.
+          waitingSince ??= Date.now();
+          if (Date.now() - waitingSince > MAX_WAIT_MS) {
+            throw new ClusterError('LCFS_EUPSTREAM', `no usable source for blob ${digest}`);
+          }
           await pause(RETRY_PAUSE_MS);
           continue;
         }
+        waitingSince = undefined;
         this.runningFrom.set(digest, source.kind);
+        if (source.kind === 'upstream') partial.readingFromUpstream();
         try {
           const done = await this.copy(partial, source);
           if (source.peerId !== undefined) contributors.add(source.peerId);

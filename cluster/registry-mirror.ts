@@ -62,12 +62,18 @@ function httpErrorOf(err: unknown): { status: number; code: string; message: str
       return { status: 404, code: 'MANIFEST_UNKNOWN', message };
     case 'LCFS_EUPSTREAM_UNREACHABLE':
       return { status: 503, code: 'UNAVAILABLE', message };
-    case 'LCFS_EACCESS_DENIED':
-      return {
-        status: err.status ?? 403,
-        code: err.status === 401 ? 'UNAUTHORIZED' : 'DENIED',
-        message,
-      };
+    case 'LCFS_EACCESS_DENIED': {
+      const status = err.status ?? 403;
+      const code =
+        status === 401
+          ? 'UNAUTHORIZED'
+          : status === 404
+            ? 'NAME_UNKNOWN'
+            : status === 503
+              ? 'UNAVAILABLE'
+              : 'DENIED';
+      return { status, code, message };
+    }
     default:
       return {
         status: err.status !== undefined && err.status >= 400 ? err.status : 502,
@@ -302,6 +308,7 @@ async function serveTag(
   if (claimed !== null && claimed !== digest)
     throw mismatch(claimed, digest, `manifest ${repo}:${tag}`);
   await options.tags.remember(upstream.name, repo, tag, digest);
+  options.access.served(upstream, 'manifests', repo, digest, identity, answer.body.length);
   await cacheManifest(options.cache, digest, answer.body);
   options.metrics.requestsServed.inc({ source: 'upstream', kind: 'manifest' });
   res.writeHead(200, {

@@ -28,6 +28,10 @@ export interface TestClusterOptions {
   readonly etcd?: boolean;
   /** Throttle the upstream to this many bytes per second. */
   readonly upstreamBytesPerSecond?: number;
+  /** The upstream registry requires basic auth for everything (see `credentialsFile`). */
+  readonly auth?: boolean;
+  /** The agents' log level (default info); their lines are kept in `agent.logs`. */
+  readonly logLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'error';
 }
 
 export class TestCluster {
@@ -40,6 +44,7 @@ export class TestCluster {
     readonly proxy: UpstreamProxy,
     readonly etcd: Etcd | undefined,
     readonly secretFile: string,
+    private readonly logLevel?: TestClusterOptions['logLevel'],
   ) {}
 
   static async start(options: TestClusterOptions): Promise<TestCluster> {
@@ -48,13 +53,13 @@ export class TestCluster {
     generateKey(secret);
     const secretFile = join(dir, 'swarm.key');
     await writeFile(secretFile, secret);
-    const registry = await Registry.start();
+    const registry = await Registry.start({ auth: options.auth === true });
     const proxy = await UpstreamProxy.start({
       upstream: registry.url,
       bytesPerSecond: options.upstreamBytesPerSecond,
     });
     const etcd = options.etcd === false ? undefined : await Etcd.start();
-    const cluster = new TestCluster(dir, registry, proxy, etcd, secretFile);
+    const cluster = new TestCluster(dir, registry, proxy, etcd, secretFile, options.logLevel);
     try {
       for (let i = 0; i < options.agents; i++) await cluster.addAgent();
     } catch (err) {
@@ -78,9 +83,25 @@ export class TestCluster {
     return Object.entries(flags).flatMap(([flag, value]) => [flag, value]);
   }
 
+  /**
+   * A Docker config.json holding the upstream's credentials as Docker Hub's (the name the
+   * agents use for it), for `--registry-auth-file`.
+   */
+  async credentialsFile(): Promise<string> {
+    const credentials = this.registry.credentials;
+    if (credentials === undefined) throw new Error('the registry was started without auth');
+    const path = join(this.dir, 'auth.json');
+    const auth = Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64');
+    await writeFile(path, JSON.stringify({ auths: { 'https://index.docker.io/v1/': { auth } } }));
+    return path;
+  }
+
   /** Starts one more agent in the cluster. */
   async addAgent(overrides: Record<string, string> = {}): Promise<LcfsAgent> {
-    const agent = await LcfsAgent.start({ args: await this.agentArgs(overrides) });
+    const agent = await LcfsAgent.start({
+      args: await this.agentArgs(overrides),
+      logLevel: this.logLevel,
+    });
     this.agents.push(agent);
     return agent;
   }
@@ -161,4 +182,18 @@ export async function fetchBlobDigest(
 
 function sha256Of(bytes: Buffer): string {
   return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+/**
+ * The value of one sample from an agent's Prometheus /metrics, 0 when absent. `labels` is the
+ * label set as Prometheus prints it, e.g. `reason="corrupt"`.
+ */
+export async function metricValue(apiAddress: string, name: string, labels = ''): Promise<number> {
+  const text = await (await fetch(`http://${apiAddress}/metrics`)).text();
+  const wanted = labels === '' ? name : `${name}{${labels}}`;
+  for (const line of text.split('\n')) {
+    const space = line.lastIndexOf(' ');
+    if (line.slice(0, space) === wanted) return Number(line.slice(space + 1));
+  }
+  return 0;
 }
