@@ -11,6 +11,7 @@ import { TagMemory } from '../cluster/tag-memory.js';
 import { Upstreams } from '../cluster/upstreams.js';
 import { openLayerStore, VolumeMount, type LayerStore } from '../fs/index.js';
 import { startApiServer, type ApiServer } from './api-server.js';
+import { registerVolumeGauges } from './volume-metrics.js';
 import type { AgentConfig } from './config.js';
 import { startDockerPlugin, type DockerPlugin } from './docker-plugin.js';
 import { startSnapshotter, type Snapshotter } from './snapshotter.js';
@@ -118,10 +119,16 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       logger: logger.child({ component: 'fuse' }),
     });
     stops.push(() => volume.unmount());
+    const cache = await BlobCache.open({
+      dir: join(config.dataDir, 'blobs'),
+      maxBytes: config.blobCacheBytes,
+      logger: logger.child({ component: 'blob-cache' }),
+    });
     plugin = await startDockerPlugin({
       socketPath: config.dockerPluginSocket,
       store,
       mountpoint: config.mountpoint,
+      blobCache: cache,
       logger: logger.child({ component: 'docker-plugin' }),
     });
     stops.push(() => plugin.close());
@@ -136,11 +143,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
 
     const metrics = new Registry();
     collectDefaultMetrics({ register: metrics, prefix: 'lcfs_process_' });
-    const cache = await BlobCache.open({
-      dir: join(config.dataDir, 'blobs'),
-      maxBytes: config.blobCacheBytes,
-      logger: logger.child({ component: 'blob-cache' }),
-    });
+    registerVolumeGauges(metrics, store);
     if (config.etcdEndpoints.length > 0 || config.staticPeers.length > 0) {
       cluster = await startClusterNode({
         dataDir: config.dataDir,

@@ -17,6 +17,8 @@ export interface DockerPluginOptions {
   store: LayerStore;
   /** Where the volume is mounted: Get answers `<mountpoint>/<id>`. */
   mountpoint: string;
+  /** The registry mirror's blob cache, reported apart from the volume in Status. */
+  blobCache?: { readonly usedBytes: number; readonly maxBytes: number };
   logger?: Logger;
 }
 
@@ -99,6 +101,12 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
           ['Volume Size', String(fs.blocks * fs.bsize)],
           ['Volume Available', String(fs.bavail * fs.bsize)],
           ['Mountpoint', mountpoint],
+          ...(opts.blobCache === undefined
+            ? []
+            : [
+                ['Blob Cache Used', String(opts.blobCache.usedBytes)],
+                ['Blob Cache Limit', String(opts.blobCache.maxBytes)],
+              ]),
         ],
       };
     },
