@@ -143,7 +143,8 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     );
   };
   const redial = setInterval(() => void dialAll(), REDIAL_MS);
-  await dialAll();
+  // Not awaited: a peer that never answers must not hold up the agent's start.
+  void dialAll();
   logger.info(
     { peerId, multiaddrs, etcd: options.etcdEndpoints.length > 0 },
     'cluster node started',
