@@ -3,7 +3,7 @@
  * first, so the upstream sees one GET per blob for the whole cluster.
  */
 import assert from 'node:assert/strict';
-import { pullThroughMirror, TestCluster } from './helpers/cluster.js';
+import { fetchBlobDigest, metricValue, pullThroughMirror, TestCluster } from './helpers/cluster.js';
 import type { RandomImage } from './helpers/random-images.js';
 
 const MiB = 1 << 20;
@@ -58,5 +58,28 @@ describe('cooperative pulls (etcd + libp2p + registry mirror)', function () {
     assertPulledRight(await pullThroughMirror(second.mirrorAddress!, image), image);
     const gets = cluster.proxy.blobGets();
     assert.equal(gets.size, 0, `upstream blob GETs: ${JSON.stringify([...gets])}`);
+  });
+
+  it('announces a new blob to the other agents in well under a second', async () => {
+    const image = await cluster.pushImage({ name: 'herd/announce', layerSizes: [1 * MiB] });
+    const [holder, ...others] = cluster.agents;
+    const known = await Promise.all(
+      others.map((agent) => metricValue(agent.apiAddress!, 'lcfs_inventory_blobs')),
+    );
+    const layer = image.layers[0].digest;
+    // From the request on: the holder announces the fetch when it starts, the blob when cached.
+    const asked = Date.now();
+    assert.equal(await fetchBlobDigest(holder.mirrorAddress!, image.name, layer), layer);
+    await Promise.all(
+      others.map(async (agent, i) => {
+        while ((await metricValue(agent.apiAddress!, 'lcfs_inventory_blobs')) <= known[i]) {
+          assert.ok(
+            Date.now() - cached < 1_000,
+            `agent ${i + 1} did not hear of the blob within 1 s`,
+          );
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+      }),
+    );
   });
 });
