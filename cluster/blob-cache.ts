@@ -356,6 +356,7 @@ export class PartialBlob {
           reader ??= await this.openForRead();
           const buffer = Buffer.allocUnsafe(Math.min(1 << 20, limit - position));
           const { bytesRead } = await reader.read(buffer, 0, buffer.length, position);
+          if (this.generation !== generation) continue; // restarted under the read: fail above
           if (bytesRead === 0) throw new Error(`blob ${this.digest} file is shorter than written`);
           position += bytesRead;
           yield buffer.subarray(0, bytesRead);

@@ -34,6 +34,9 @@ export class FramedReader {
   async header<T>(): Promise<T> {
     for (;;) {
       const end = this.pending.indexOf(0x0a);
+      if (end > MAX_HEADER_BYTES || (end < 0 && this.pending.length > MAX_HEADER_BYTES)) {
+        throw new ClusterError('LCFS_EPEER', 'peer sent a header longer than 64 KiB');
+      }
       if (end >= 0) {
         const line = Buffer.from(this.pending.subarray(0, end)).toString('utf8');
         this.pending = this.pending.subarray(end + 1);
@@ -42,9 +45,6 @@ export class FramedReader {
         } catch {
           throw new ClusterError('LCFS_EPEER', 'peer sent a malformed header');
         }
-      }
-      if (this.pending.length > MAX_HEADER_BYTES) {
-        throw new ClusterError('LCFS_EPEER', 'peer sent a header longer than 64 KiB');
       }
       const next = await this.chunks.next();
       if (next.done === true) throw new ClusterError('LCFS_EPEER', 'peer closed before a header');

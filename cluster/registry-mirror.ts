@@ -83,6 +83,11 @@ function httpErrorOf(err: unknown): { status: number; code: string; message: str
   }
 }
 
+/** The digest at the end of a request's path, if there is one. */
+function digestIn(url: string | undefined): string {
+  return /sha256:[a-f0-9]{64}$/.exec(new URL(url ?? '/', 'http://mirror').pathname)?.[0] ?? '';
+}
+
 /** The media type of a manifest, from its own `mediaType`, or its shape for OCI ones without. */
 export function manifestTypeOf(body: Uint8Array): string {
   try {
@@ -106,7 +111,11 @@ function parseRange(header: string | undefined): { start: number; end?: number }
   if (match === null) {
     throw new ClusterError('LCFS_EBLOB_UNKNOWN', `unsupported Range "${header}"`, 416);
   }
-  return { start: Number(match[1]), end: match[2] === '' ? undefined : Number(match[2]) };
+  const range = { start: Number(match[1]), end: match[2] === '' ? undefined : Number(match[2]) };
+  if (range.end !== undefined && range.end < range.start) {
+    throw new ClusterError('LCFS_EBLOB_UNKNOWN', `Range "${header}" ends before it starts`, 416);
+  }
+  return range;
 }
 
 export async function startRegistryMirror(options: RegistryMirrorOptions): Promise<RegistryMirror> {
@@ -121,6 +130,10 @@ export async function startRegistryMirror(options: RegistryMirrorOptions): Promi
         return;
       }
       const body = JSON.stringify({ errors: [{ code, message }] });
+      if (status === 416) {
+        const size = options.cache.stat(digestIn(req.url))?.size;
+        if (size !== undefined) res.setHeader('content-range', `bytes */${size}`);
+      }
       if (isClusterError(err, 'LCFS_EACCESS_DENIED') && err.challenge !== undefined) {
         res.setHeader('www-authenticate', err.challenge);
       }
@@ -236,6 +249,14 @@ async function serveByDigest(
     return;
   }
   const start = range?.start ?? 0;
+  if (range !== undefined && start >= opened.size) {
+    opened.stream.destroy();
+    throw new ClusterError(
+      'LCFS_EBLOB_UNKNOWN',
+      `range start ${start} is past the end of blob ${digest} (${opened.size} bytes)`,
+      416,
+    );
+  }
   const end = range?.end === undefined ? opened.size - 1 : Math.min(range.end, opened.size - 1);
   const headers: Record<string, string | number> = {
     'content-length': end - start + 1,

@@ -74,7 +74,7 @@ describe('cooperative pulls (etcd + libp2p + registry mirror)', function () {
       others.map(async (agent, i) => {
         while ((await metricValue(agent.apiAddress!, 'lcfs_inventory_blobs')) <= known[i]) {
           assert.ok(
-            Date.now() - cached < 1_000,
+            Date.now() - asked < 1_000,
             `agent ${i + 1} did not hear of the blob within 1 s`,
           );
           await new Promise((resolve) => setTimeout(resolve, 10));
