@@ -142,7 +142,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
     stops.push(() => snapshotter.close());
 
     const metrics = new Registry();
-    collectDefaultMetrics({ register: metrics, prefix: 'lcfs_process_' });
+    collectDefaultMetrics({ register: metrics, prefix: 'lcfs_' });
     registerVolumeGauges(metrics, store);
     if (config.etcdEndpoints.length > 0 || config.staticPeers.length > 0) {
       cluster = await startClusterNode({

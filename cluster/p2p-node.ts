@@ -5,18 +5,24 @@ import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub';
 import { identify } from '@libp2p/identify';
 import type { Libp2p, PrivateKey } from '@libp2p/interface';
-import { preSharedKey } from '@libp2p/pnet';
 import { tcp } from '@libp2p/tcp';
 import { createLibp2p } from 'libp2p';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { ClusterError } from './errors.js';
+import { handshakePrologue, parseClusterSecret } from './cluster-secret.js';
 
 /**
- * The agent's libp2p node: TCP, noise, yamux and gossipsub, inside a private network. Every
- * connection is first encrypted with the cluster's pre-shared key (the swarm.key format of
- * libp2p's pnet), so a host without the secret can neither join the gossip nor fetch a blob:
- * its handshake fails before any protocol runs.
+ * The agent's libp2p node: TCP, noise, yamux and gossipsub, closed to hosts without the cluster
+ * secret. The secret keys the Noise handshake (as its prologue): a host without it fails the
+ * handshake before any protocol runs, so it can neither read the gossip nor fetch a blob.
+ *
+ * Why not libp2p's private network (@libp2p/pnet), which the design first named: it wraps every
+ * connection in a second cipher (XSalsa20 in WebAssembly) on top of Noise's, which costs CPU on
+ * every byte, and it decrypts whatever backlog TCP hands it in one call, which exceeds the
+ * WebAssembly memory limit under load (64 MiB) and crashes the agent. docs/cluster.md has more.
+ *
+ * The connection monitor's pings must not close a connection that is busy moving blobs: a ping
+ * stuck behind megabytes of data is slow, not dead. A dead peer's TCP connection closes anyway.
  *
  * The node's identity (its peer id) is kept in `keyFile`, so it survives restarts.
  */
@@ -37,22 +43,14 @@ export interface P2PNodeOptions {
 export async function createP2PNode(options: P2PNodeOptions): Promise<ClusterP2PNode> {
   const at = options.address.lastIndexOf(':');
   const listen = `/ip4/${options.address.slice(0, at)}/tcp/${options.address.slice(at + 1)}`;
-  let protector;
-  try {
-    protector = preSharedKey({ psk: options.secret });
-  } catch (err) {
-    throw new ClusterError(
-      'LCFS_ECLUSTER_SECRET',
-      `cluster secret is not a valid swarm key: ${(err as Error).message}`,
-    );
-  }
+  const prologue = handshakePrologue(parseClusterSecret(options.secret));
   const node = await createLibp2p({
     privateKey: await loadOrCreateKey(options.keyFile),
     addresses: { listen: [listen] },
     transports: [tcp()],
-    connectionEncrypters: [noise()],
+    connectionEncrypters: [noise({ prologueBytes: prologue })],
     streamMuxers: [yamux()],
-    connectionProtector: protector,
+    connectionMonitor: { abortConnectionOnPingFailure: false },
     services: {
       identify: identify(),
       pubsub: gossipsub({ allowPublishToZeroTopicPeers: true }),

@@ -10,8 +10,8 @@
  * 3. **Random among equals**, so agents that see the same inventory at the same moment still
  *    choose differently.
  *
- * Peers that failed recently are skipped: for a short while after a broken connection, for
- * much longer after sending bytes that did not match their digest.
+ * Peers that failed recently are skipped: for a few seconds after a broken transfer, for much
+ * longer after sending bytes that did not match their digest.
  */
 
 export interface PeerHolding {
@@ -22,17 +22,25 @@ export interface PeerHolding {
   readonly uploads: number;
 }
 
-export const AVOID_AFTER_FAILURE_MS = 10_000;
+export const AVOID_AFTER_FAILURE_MS = 3_000;
 export const AVOID_AFTER_CORRUPTION_MS = 5 * 60_000;
 
 export class PeerHealth {
   private readonly avoidUntil = new Map<string, number>();
+  private readonly corrupt = new Set<string>();
   private readonly active = new Map<string, number>();
 
   /** The peer broke a transfer (reset, stall, refusal): skip it for a while. */
   failed(peerId: string, corrupt: boolean): void {
     const period = corrupt ? AVOID_AFTER_CORRUPTION_MS : AVOID_AFTER_FAILURE_MS;
     this.avoidUntil.set(peerId, Date.now() + period);
+    if (corrupt) this.corrupt.add(peerId);
+    else this.corrupt.delete(peerId);
+  }
+
+  /** The peer is avoided because it sent bytes that did not match. */
+  avoidedForCorruption(peerId: string): boolean {
+    return this.avoided(peerId) && this.corrupt.has(peerId);
   }
 
   avoided(peerId: string): boolean {
@@ -40,6 +48,7 @@ export class PeerHealth {
     if (until === undefined) return false;
     if (until > Date.now()) return true;
     this.avoidUntil.delete(peerId);
+    this.corrupt.delete(peerId);
     return false;
   }
 

@@ -143,8 +143,8 @@ export class PullRouter {
         }
         const source = await this.chooseSource(digest, target);
         if (source === undefined) {
-          // The flight is held by a peer we avoid (it died, or failed us): its lease expires
-          // within seconds, and then this agent or another takes the flight over.
+          // No usable source for now: the peer with the blob, or with its flight, failed us a
+          // moment ago. Its avoidance, or its lease if it died, ends within seconds.
           waitingSince ??= Date.now();
           if (Date.now() - waitingSince > MAX_WAIT_MS) {
             throw new ClusterError('LCFS_EUPSTREAM', `no usable source for blob ${digest}`);
@@ -240,8 +240,15 @@ export class PullRouter {
   private async chooseSource(digest: string, target: UpstreamTarget): Promise<Source | undefined> {
     const cluster = this.options.cluster;
     if (cluster === undefined) return this.upstreamSource(digest, target);
-    const holder = choosePeer(cluster.inventory.holders(digest), this.health);
+    const holdings = cluster.inventory.holders(digest);
+    const holder = choosePeer(holdings, this.health);
     if (holder !== undefined) return this.peerSource(holder.peerId, digest);
+    // A connected peer has the whole blob but broke a transfer a moment ago: wait for it rather
+    // than fetch the blob upstream again. (A peer that goes away leaves the inventory.)
+    const complete = holdings.filter((holding) => holding.complete);
+    if (complete.some((holding) => !this.health.avoidedForCorruption(holding.peerId))) {
+      return undefined;
+    }
     let claim: FlightClaim;
     try {
       claim = await cluster.flights.claim(digest);

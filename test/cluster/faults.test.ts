@@ -2,11 +2,11 @@
  * Cooperative pulls when things go wrong: a peer that lies, the serving agent killed mid-blob,
  * etcd down, the upstream down, an agent without the cluster secret, and private images.
  */
-import { generateKey } from '@libp2p/pnet';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { generateClusterSecret } from '../../cluster/cluster-secret.js';
 import { sleep } from '../helpers/cleanup.js';
 import { basicAuthorization } from '../helpers/registry.js';
 import {
@@ -212,10 +212,8 @@ describe('cooperative pulls under faults', function () {
     it('keeps an agent without the cluster secret out: it cannot fetch from peers', async () => {
       const image = await cluster.pushImage({ name: 'faults/outsider', layerSizes: [2 * MiB] });
       assertPulledRight(await pullThroughMirror(cluster.agents[0].mirrorAddress!, image), image);
-      const otherSecret = new Uint8Array(95);
-      generateKey(otherSecret);
       const otherSecretFile = join(cluster.dir, 'other-swarm.key');
-      await writeFile(otherSecretFile, otherSecret);
+      await writeFile(otherSecretFile, generateClusterSecret());
       const outsider = await cluster.addAgent({ '--cluster-secret-file': otherSecretFile });
       await sleep(3_000); // time to learn the members from etcd and try to dial them
       cluster.proxy.resetCounts();

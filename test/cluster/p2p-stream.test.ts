@@ -4,11 +4,11 @@
  * arrive with the header or after it; a malformed header, a header longer than 64 KiB, and a
  * stream closed before its header each fail with LCFS_EPEER.
  */
-import { generateKey } from '@libp2p/pnet';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { generateClusterSecret } from '../../cluster/cluster-secret.js';
 import { createP2PNode, type ClusterP2PNode } from '../../cluster/p2p-node.js';
 import { FramedReader, send, sendHeader } from '../../cluster/p2p-stream.js';
 import { SeededRandom } from '../fs/helpers/prng.js';
@@ -47,8 +47,7 @@ describe('cluster: FramedReader over real libp2p streams', function () {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'lcfs-p2p-stream-'));
-    const secret = new Uint8Array(95);
-    generateKey(secret);
+    const secret = Buffer.from(generateClusterSecret());
     [client, server] = await Promise.all(
       ['client', 'server'].map(async (name) => {
         const node = await createP2PNode({

@@ -9,11 +9,11 @@
  *   cluster.proxy.blobGets().get(digest)       // upstream blob GETs
  *   await cluster.dispose();
  */
-import { generateKey } from '@libp2p/pnet';
 import { createHash } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { generateClusterSecret } from '../../../cluster/cluster-secret.js';
 import { freePorts } from '../../helpers/daemon.js';
 import { LcfsAgent } from '../../helpers/lcfs-agent.js';
 import { Registry } from '../../helpers/registry.js';
@@ -49,10 +49,8 @@ export class TestCluster {
 
   static async start(options: TestClusterOptions): Promise<TestCluster> {
     const dir = await mkdtemp(join(tmpdir(), 'lcfs-cluster-'));
-    const secret = new Uint8Array(95);
-    generateKey(secret);
     const secretFile = join(dir, 'swarm.key');
-    await writeFile(secretFile, secret);
+    await writeFile(secretFile, generateClusterSecret());
     const registry = await Registry.start({ auth: options.auth === true });
     const proxy = await UpstreamProxy.start({
       upstream: registry.url,
