@@ -26,6 +26,8 @@ export type RequestHandler = (
   pid: number,
   umask: number,
   setattr: number[] | undefined,
+  /** write, open: the kernel asks us to clear setuid/setgid (the caller lacks CAP_FSETID). */
+  killSuidgid: boolean,
 ) => void;
 
 /** The binding in fs/fuse/native/lcfs_fuse.c; its comments document each call. */
@@ -34,8 +36,13 @@ export interface FuseBinding {
   unmount(session: SessionHandle, lazy: boolean): number;
   close(session: SessionHandle): void;
   detach(path: string): number;
+  /** Per kernel opcode (see FUSE_OPCODES): requests received, then nanoseconds from receipt to
+   * reply, summed; a Float64Array of 2 × 64. */
+  requestStats(session: SessionHandle): Float64Array;
   /** Drops cached names ([dir node, name]) and nodes ([node]) from the kernel's caches. */
   invalidate(session: SessionHandle, items: Array<[number, string?]>): Promise<void>;
+  /** Drops a node's cached attributes, keeping its pages; safe while a write to it is pending. */
+  invalidateAttributes(session: SessionHandle, nodeId: number): Promise<void>;
   replyErr(req: Req, errno: number): void;
   replyEntry(req: Req, attr: Float64Array | null, entryTimeout: number, attrTimeout: number): void;
   replyCreate(
@@ -98,6 +105,50 @@ export const Op = {
   Readdirplus: 28,
 } as const;
 
+/** The kernel's opcodes (linux/fuse.h), by number, for requestStats. */
+export const FUSE_OPCODES: Readonly<Record<number, string>> = {
+  1: 'LOOKUP',
+  2: 'FORGET',
+  3: 'GETATTR',
+  4: 'SETATTR',
+  5: 'READLINK',
+  6: 'SYMLINK',
+  8: 'MKNOD',
+  9: 'MKDIR',
+  10: 'UNLINK',
+  11: 'RMDIR',
+  12: 'RENAME',
+  13: 'LINK',
+  14: 'OPEN',
+  15: 'READ',
+  16: 'WRITE',
+  17: 'STATFS',
+  18: 'RELEASE',
+  20: 'FSYNC',
+  21: 'SETXATTR',
+  22: 'GETXATTR',
+  23: 'LISTXATTR',
+  24: 'REMOVEXATTR',
+  25: 'FLUSH',
+  26: 'INIT',
+  27: 'OPENDIR',
+  28: 'READDIR',
+  29: 'RELEASEDIR',
+  30: 'FSYNCDIR',
+  34: 'ACCESS',
+  35: 'CREATE',
+  36: 'INTERRUPT',
+  38: 'DESTROY',
+  42: 'BATCH_FORGET',
+  43: 'FALLOCATE',
+  44: 'READDIRPLUS',
+  45: 'RENAME2',
+  46: 'LSEEK',
+  47: 'COPY_FILE_RANGE',
+  52: 'STATX',
+};
+export const FUSE_OPCODE_SLOTS = 64;
+
 /** Open-reply flags. */
 export const KEEP_CACHE = 1;
 
@@ -111,6 +162,8 @@ export const SetAttr = {
   Mtime: 1 << 5,
   AtimeNow: 1 << 7,
   MtimeNow: 1 << 8,
+  /** FATTR_KILL_SUIDGID: a chown, or a truncate by a caller without CAP_FSETID. */
+  KillSuidgid: 1 << 11,
 } as const;
 
 /** Fields of the attr arrays the binding reads (lcfs_fuse.c's fill_stat). */

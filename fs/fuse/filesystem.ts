@@ -12,7 +12,9 @@ import {
   type FuseBinding,
   type Req,
   type RequestHandler,
+  type SessionHandle,
 } from './binding.js';
+import { dropPrivileges, type Caller } from './privileges.js';
 
 /**
  * The LCFS volume over FUSE: the root lists one directory per layer, and each layer directory
@@ -56,6 +58,7 @@ export class LayerFilesystem {
   private readonly dirs = new Map<number, DirListing>();
   private nextHandle = 1;
   private readonly mountedAt: Timespec;
+  private session: SessionHandle | undefined;
 
   constructor(
     private readonly store: LayerStore,
@@ -63,6 +66,11 @@ export class LayerFilesystem {
     private readonly log?: Logger,
   ) {
     this.mountedAt = now();
+  }
+
+  /** The session this filesystem serves, for the notifications it sends the kernel. */
+  attach(session: SessionHandle): void {
+    this.session = session;
   }
 
   /** Handles one request; every path answers exactly once. */
@@ -85,6 +93,7 @@ export class LayerFilesystem {
     _pid,
     _umask,
     setattr,
+    killSuidgid,
   ) => {
     if (req === null) return;
     try {
@@ -104,6 +113,7 @@ export class LayerFilesystem {
         fh,
         { uid, gid },
         setattr,
+        killSuidgid,
       );
       if (result) result.catch((err: unknown) => this.fail(req, op, err));
     } catch (err) {
@@ -125,20 +135,24 @@ export class LayerFilesystem {
     rdev: number,
     flags: number,
     fh: number,
-    caller: { uid: number; gid: number },
+    caller: Caller,
     setattr: number[] | undefined,
+    killSuidgid: boolean,
   ): Promise<void> | void {
     const f = this.fuse;
     switch (op) {
       case Op.Lookup:
         return this.lookup(req, ino, name);
       case Op.Getattr: {
-        if (ino === ROOT_NODE) return f.replyAttr(req, this.rootAttr(), 0);
+        // The root's attributes never change: cached like any node's. With default_permissions
+        // every path walk from the mountpoint checks the root, so a timeout of 0 here cost one
+        // GETATTR per path lookup (a warm stat included).
+        if (ino === ROOT_NODE) return f.replyAttr(req, this.rootAttr(), CACHE_TTL);
         const n = this.node(ino);
         return f.replyAttr(req, this.attr(n, this.store.getattr(n.layer, n.ino)), CACHE_TTL);
       }
       case Op.Setattr:
-        return this.setattr(req, ino, setattr ?? [0]);
+        return this.setattr(req, ino, setattr ?? [0], caller);
       case Op.Readlink: {
         const n = this.node(ino);
         return f.replyReadlink(req, this.store.readlink(n.layer, n.ino));
@@ -182,13 +196,13 @@ export class LayerFilesystem {
         return this.entry(req, dir, this.store.link(n.layer, n.ino, dir.ino, name));
       }
       case Op.Open:
-        return this.open(req, ino, flags);
+        return this.open(req, ino, flags, killSuidgid ? caller : undefined);
       case Op.Read: {
         const n = this.node(ino);
         return this.store.read(n.layer, n.ino, off, size).then((buf) => f.replyBuf(req, buf));
       }
       case Op.Write:
-        return this.write(req, ino, off, data as Buffer);
+        return this.write(req, ino, off, data as Buffer, killSuidgid ? caller : undefined);
       case Op.Flush:
         // Nothing to do at close: ENOSYS tells the kernel to stop sending flushes at all.
         return f.replyErr(req, ERRNO.ENOSYS);
@@ -294,7 +308,7 @@ export class LayerFilesystem {
     this.fuse.replyEntry(req, this.attr(dir, attr), CACHE_TTL, CACHE_TTL);
   }
 
-  private async setattr(req: Req, ino: number, a: number[]): Promise<void> {
+  private async setattr(req: Req, ino: number, a: number[], caller: Caller): Promise<void> {
     const n = this.node(ino);
     const [toSet, mode, uid, gid, size, aSec, aNsec, mSec, mNsec] = a;
     const change: AttrChange = {};
@@ -307,20 +321,57 @@ export class LayerFilesystem {
     else if (toSet & SetAttr.Atime) change.atime = [aSec, aNsec];
     if (toSet & SetAttr.MtimeNow) change.mtime = t;
     else if (toSet & SetAttr.Mtime) change.mtime = [mSec, mNsec];
+    // The kernel marks a chown of a non-directory, and a truncate by a caller without
+    // CAP_FSETID; a truncate by anyone drops capabilities.
+    const kill = (toSet & SetAttr.KillSuidgid) !== 0;
+    if (kill || change.size !== undefined) {
+      const killed = dropPrivileges(this.store, n.layer, n.ino, kill ? caller : undefined);
+      if (killed !== undefined && change.mode === undefined) change.mode = killed;
+    }
     const attr = await this.store.setattr(n.layer, n.ino, change);
     this.fuse.replyAttr(req, this.attr(n, attr), CACHE_TTL);
   }
 
-  private async write(req: Req, ino: number, off: number, data: Buffer): Promise<void> {
+  private async write(
+    req: Req,
+    ino: number,
+    off: number,
+    data: Buffer,
+    killFor: Caller | undefined,
+  ): Promise<void> {
     const n = this.node(ino);
+    const killed = dropPrivileges(this.store, n.layer, n.ino, killFor);
+    if (killed !== undefined) {
+      await this.store.setattr(n.layer, n.ino, { mode: killed });
+      await this.forgetAttributes(ino);
+    }
     this.fuse.replyWrite(req, await this.store.write(n.layer, n.ino, off, data));
   }
 
-  private async open(req: Req, ino: number, flags: number): Promise<void> {
+  /** The kernel learns of a mode we changed on our own (not in a setattr reply) only this way:
+   * until then, a stat or an exec would still see the setuid bit. */
+  private async forgetAttributes(nodeId: number): Promise<void> {
+    if (this.session) await this.fuse.invalidateAttributes(this.session, nodeId);
+  }
+
+  private async open(
+    req: Req,
+    ino: number,
+    flags: number,
+    killFor: Caller | undefined,
+  ): Promise<void> {
     const n = this.node(ino);
     const writing = (flags & O_ACCMODE) !== 0;
     if (writing && n.frozen) return this.fuse.replyErr(req, ERRNO.EROFS);
-    if (writing && flags & O_TRUNC) await this.store.setattr(n.layer, n.ino, { size: 0 });
+    if (writing && flags & O_TRUNC) {
+      const killed = dropPrivileges(this.store, n.layer, n.ino, killFor);
+      await this.store.setattr(
+        n.layer,
+        n.ino,
+        killed === undefined ? { size: 0 } : { size: 0, mode: killed },
+      );
+      if (killed !== undefined) await this.forgetAttributes(ino);
+    }
     this.store.open(n.layer, n.ino);
     // Safe for writable layers too: every write comes through this mount, and the kernel drops
     // cached pages when it sees mtime or size change (auto_inval_data).

@@ -1,10 +1,12 @@
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { StoreError } from '../errors.js';
 import type { LayerStore } from '../layer-store.js';
 import {
+  FUSE_OPCODE_SLOTS,
+  FUSE_OPCODES,
   fuseBinding,
   Op,
   type FuseBinding,
@@ -22,6 +24,17 @@ import { LayerFilesystem, nodeId, ROOT_NODE } from './filesystem.js';
 const OPTIONS = 'allow_other,default_permissions,suid,dev,fsname=lcfs,subtype=lcfs';
 const ERRNO = constants.errno as Record<string, number>;
 const END_TIMEOUT_MS = 10_000;
+/**
+ * Read-ahead for the volume, in KiB. The kernel gives a FUSE mount 128 KiB, so a cold sequential
+ * read became one 128 KiB READ after another, each waiting on the store's disk; at 8 MiB (what
+ * the backing virtio disk has here) the kernel keeps several 1 MiB READs in flight, and a cold
+ * 1 GiB read ran about twice as fast. Random reads are unaffected: read-ahead only grows on
+ * sequential access.
+ */
+const READ_AHEAD_KB = 8192;
+
+/** Requests the kernel sent, per operation, since the mount. */
+export type RequestStats = Record<string, { count: number; ms: number }>;
 
 export interface MountOptions {
   mountpoint: string;
@@ -83,8 +96,27 @@ export class VolumeMount {
         `cannot mount ${mountpoint}: ${(err as Error).message}`,
       );
     }
+    filesystem.attach(session);
+    await setReadAhead(mountpoint, opts.logger);
     opts.logger?.info({ mountpoint }, 'volume mounted');
     return new VolumeMount(mountpoint, fuse, session, ended, opts.store, opts.logger);
+  }
+
+  /**
+   * Requests received per operation, and the time from each one's receipt to its reply (ours,
+   * not the caller's round trip), for profiles and for tests that count round trips.
+   */
+  requestStats(): RequestStats {
+    const raw = this.fuse.requestStats(this.session);
+    const out: RequestStats = {};
+    for (let op = 0; op < FUSE_OPCODE_SLOTS; op++) {
+      if (raw[op] === 0) continue;
+      out[FUSE_OPCODES[op] ?? `op${op}`] = {
+        count: raw[op],
+        ms: raw[FUSE_OPCODE_SLOTS + op] / 1e6,
+      };
+    }
+    return out;
   }
 
   /**
@@ -155,6 +187,26 @@ async function clearStaleMount(mountpoint: string, fuse: FuseBinding, log?: Logg
     'EBUSY',
     `${mountpoint} is already a mount point in use; is another lcfs agent running?`,
   );
+}
+
+/**
+ * Sets the mount's read-ahead through its backing device info in sysfs, found by the mount's
+ * device number in mountinfo (no request to the mount itself). A machine without it keeps the
+ * kernel's default, which is slower, not wrong.
+ */
+async function setReadAhead(mountpoint: string, log?: Logger): Promise<void> {
+  const mounts = await readFile('/proc/self/mountinfo', 'utf8');
+  const ours = mounts
+    .split('\n')
+    .map((line) => line.split(' '))
+    .filter((f) => unescape(f[4] ?? '') === mountpoint)
+    .at(-1);
+  try {
+    if (!ours) throw new Error('mount not found in /proc/self/mountinfo');
+    await writeFile(`/sys/class/bdi/${ours[2]}/read_ahead_kb`, String(READ_AHEAD_KB));
+  } catch (err) {
+    log?.warn({ err, mountpoint }, 'cannot set the read-ahead of the volume; reads will be slower');
+  }
 }
 
 /** mountinfo escapes space, tab, newline and backslash as octal. */

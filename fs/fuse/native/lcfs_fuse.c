@@ -9,7 +9,9 @@
  * small operation's latency.
  *
  * The binding adds nothing to the requests: it passes the caller's uid, gid and umask, the open
- * flags, and setattr's exact to_set mask (so UTIME_NOW and UTIME_OMIT are told apart).
+ * flags, and setattr's exact to_set mask (so UTIME_NOW and UTIME_OMIT are told apart). From the
+ * raw request it also passes the kill-setuid/setgid flag of writes and opens, which libfuse 3.14
+ * drops, and it writes replies itself (libfuse's custom I/O) to amend the INIT reply: see ll_init.
  */
 #define FUSE_USE_VERSION 35
 #define NAPI_VERSION 8
@@ -17,12 +19,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
 #include <node_api.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <time.h>
 #include <uv.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 enum op {
   OP_ENDED = 0,
@@ -35,10 +41,15 @@ enum op {
 /* Requests handled per wake-up before other events get their turn. */
 #define BATCH 64
 
-/* A kernel cache entry to drop: a name (name != NULL) or a node's attributes and pages. */
+/* Kernel opcodes counted by requestStats (FUSE_STATX is 52; higher ones are not counted). */
+#define OPCODES 64
+
+/* A kernel cache entry to drop: a name (name != NULL), or a node's attributes and, unless
+ * attributes_only, its pages. */
 typedef struct {
   fuse_ino_t ino;
   char *name;
+  int attributes_only;
 } invalidation;
 
 
@@ -55,7 +66,23 @@ typedef struct {
   /* Requests handed to JavaScript and not answered yet. */
   long pending;
   char *mountpoint;
+  /* The raw request being processed, for the fields libfuse 3.14 does not pass on. */
+  const struct fuse_in_header *in;
+  uint64_t received_ns;
+  /* The INIT request, whose reply send_reply amends (see ll_init). */
+  uint64_t init_unique;
+  uint32_t kernel_flags;
+  /* Per kernel opcode: requests received, and nanoseconds from receipt to reply. */
+  double op_count[OPCODES];
+  double op_ns[OPCODES];
 } session;
+
+/* What JavaScript holds for a request: the request, and what the reply is timed against. */
+typedef struct {
+  fuse_req_t req;
+  uint32_t opcode;
+  uint64_t received_ns;
+} pending_req;
 
 typedef struct {
   session *s;
@@ -74,6 +101,8 @@ typedef struct {
   size_t size;
   double off;
   double mode, rdev, flags, fh;
+  /* write, open: the kernel asks the filesystem to clear setuid/setgid (see ll_init) */
+  int kill_suidgid;
   uid_t uid;
   gid_t gid;
   pid_t pid;
@@ -114,10 +143,22 @@ static void init_request(request *r, int op, fuse_req_t req, fuse_ino_t ino) {
 
 static void post(fuse_req_t req, request *r) { deliver(fuse_req_userdata(req), r); }
 
+/* Whether the raw write or open being processed asks the filesystem to clear setuid/setgid:
+ * with FUSE_HANDLE_KILLPRIV_V2 the kernel sets this when the caller lacks CAP_FSETID. */
+static int asks_kill_suidgid(fuse_req_t req) {
+  const struct fuse_in_header *in = ((session *)fuse_req_userdata(req))->in;
+  if (!in) return 0;
+  if (in->opcode == FUSE_WRITE)
+    return (((const struct fuse_write_in *)(in + 1))->write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+  if (in->opcode == FUSE_OPEN)
+    return (((const struct fuse_open_in *)(in + 1))->open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
+  return 0;
+}
+
 /* --- the operations: copy what the request carries, queue it ---------------------------- */
 
 static void ll_init(void *userdata, struct fuse_conn_info *conn) {
-  (void)userdata;
+  session *s = userdata;
   /* 1 MiB writes match the store's chunk size; O_TRUNC is handled in open. */
   conn->max_write = 1 << 20;
   conn->max_readahead = 1 << 20;
@@ -125,6 +166,14 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
   /* A symlink's target never changes: it is created with it. */
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+  /*
+   * We clear setuid/setgid and security.capability on write, truncate and chown ourselves
+   * (FUSE_HANDLE_KILLPRIV_V2, added to the INIT reply by send_reply, since libfuse 3.14 predates
+   * it). The kernel then stops asking for a file's attributes before every chown, and for its
+   * security.capability before every write after the first. v1's looser contract stays off.
+   */
+  conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
+  if (!(s->kernel_flags & FUSE_HANDLE_KILLPRIV_V2)) s->init_unique = 0;
 }
 
 static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
@@ -224,6 +273,7 @@ static void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   REQUEST(OP_OPEN, req, ino);
   r->flags = fi->flags;
+  r->kill_suidgid = asks_kill_suidgid(req);
   post(req, r);
 }
 
@@ -238,6 +288,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
                      struct fuse_file_info *fi) {
   REQUEST(OP_WRITE, req, ino);
+  r->kill_suidgid = asks_kill_suidgid(req);
   r->data = buf;
   r->size = size;
   r->off = (double)off;
@@ -388,14 +439,22 @@ static napi_value num(napi_env env, double d) {
   return v;
 }
 
-/* handler(op, req, ino, ino2, name, name2, data, size, off, mode, rdev, flags, fh, uid, gid, pid, umask, attr) */
+/* handler(op, req, ino, ino2, name, name2, data, size, off, mode, rdev, flags, fh, uid, gid, pid, umask,
+ *         attr, killSuidgid) */
 static void deliver(void *userdata, request *r) {
   session *s = userdata;
   napi_env env = s->env;
-  napi_value argv[18];
+  napi_value argv[19];
   argv[0] = num(env, r->op);
-  if (r->req) napi_create_external(env, r->req, NULL, NULL, &argv[1]);
-  else napi_get_null(env, &argv[1]);
+  if (r->req) {
+    pending_req *p = malloc(sizeof *p);
+    p->req = r->req;
+    p->opcode = s->in ? s->in->opcode : 0;
+    p->received_ns = s->received_ns;
+    napi_create_external(env, p, NULL, NULL, &argv[1]);
+  } else {
+    napi_get_null(env, &argv[1]);
+  }
   argv[2] = num(env, r->ino);
   argv[3] = num(env, r->ino2);
   argv[4] = str_or_undefined(env, r->name);
@@ -421,11 +480,12 @@ static void deliver(void *userdata, request *r) {
   } else {
     napi_get_undefined(env, &argv[17]);
   }
+  napi_get_boolean(env, r->kill_suidgid != 0, &argv[18]);
   if (r->req) s->pending++;
   napi_value handler, global;
   napi_get_reference_value(env, s->handler, &handler);
   napi_get_global(env, &global);
-  if (napi_call_function(env, global, handler, 18, argv, NULL) == napi_pending_exception) {
+  if (napi_call_function(env, global, handler, 19, argv, NULL) == napi_pending_exception) {
     /* The dispatcher catches its own errors; this only happens on a bug there. */
     napi_value ignored;
     napi_get_and_clear_last_exception(env, &ignored);
@@ -438,6 +498,39 @@ static void stop_polling(session *s) {
     uv_close((uv_handle_t *)&s->poll, NULL);
     s->polling = 0;
   }
+}
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Counts a request as it arrives, and remembers INIT's flags for ll_init and send_reply. */
+static void note_received(session *s, const struct fuse_in_header *in, size_t len) {
+  if (in->opcode < OPCODES) s->op_count[in->opcode]++;
+  if (in->opcode == FUSE_INIT && len >= sizeof *in + offsetof(struct fuse_init_in, flags2)) {
+    s->init_unique = in->unique;
+    s->kernel_flags = ((const struct fuse_init_in *)(in + 1))->flags;
+  }
+}
+
+/* Writes every reply (libfuse's custom I/O): amends the INIT reply, which libfuse 3.14 writes
+ * without the flags it does not know (see ll_init). */
+static ssize_t send_reply(int fd, struct iovec *iov, int count, void *userdata) {
+  session *s = userdata;
+  const struct fuse_out_header *out = iov[0].iov_base;
+  if (s->init_unique && out->unique == s->init_unique && out->error == 0 && count > 1 &&
+      iov[1].iov_len >= offsetof(struct fuse_init_out, flags) + sizeof(uint32_t)) {
+    ((struct fuse_init_out *)iov[1].iov_base)->flags |= FUSE_HANDLE_KILLPRIV_V2;
+    s->init_unique = 0;
+  }
+  return writev(fd, iov, count);
+}
+
+static ssize_t receive_request(int fd, void *buf, size_t len, void *userdata) {
+  (void)userdata;
+  return read(fd, buf, len);
 }
 
 /* Handles what is queued on /dev/fuse, in one callback scope so promise continuations run once
@@ -459,7 +552,11 @@ static int drain(session *s) {
       s->ended = 1;
       break;
     }
+    s->in = (size_t)res >= sizeof(struct fuse_in_header) ? s->buf.mem : NULL;
+    s->received_ns = now_ns();
+    if (s->in) note_received(s, s->in, (size_t)res);
     fuse_session_process_buf(s->se, &s->buf);
+    s->in = NULL;
     handled++;
   }
   if (s->ended) {
@@ -471,12 +568,6 @@ static int drain(session *s) {
   napi_close_callback_scope(env, cscope);
   napi_close_handle_scope(env, hscope);
   return handled;
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /*
@@ -504,10 +595,17 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
 
 /* --- exported functions ------------------------------------------------------------------- */
 
-static fuse_req_t get_req(napi_env env, napi_value v) {
+static pending_req *get_req(napi_env env, napi_value v) {
   void *p = NULL;
   if (napi_get_value_external(env, v, &p) != napi_ok) return NULL;
   return p;
+}
+
+/* After a reply (which frees the request): accounts for it and releases what JavaScript held. */
+static void answered(session *s, pending_req *p) {
+  s->pending--;
+  if (p->opcode < OPCODES) s->op_ns[p->opcode] += (double)(now_ns() - p->received_ns);
+  free(p);
 }
 
 static double get_num(napi_env env, napi_value v) {
@@ -559,16 +657,18 @@ static napi_value undefined(napi_env env) {
   size_t argc = n;                                                       \
   napi_value argv[n];                                                    \
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));           \
-  fuse_req_t req = argc > 0 ? get_req(env, argv[0]) : NULL;              \
-  if (!req) {                                                            \
+  pending_req *p = argc > 0 ? get_req(env, argv[0]) : NULL;              \
+  if (!p) {                                                              \
     napi_throw_type_error(env, "LCFS_EFUSE_BINDING", "not a request"); \
     return NULL;                                                         \
   }                                                                      \
-  ((session *)fuse_req_userdata(req))->pending--;
+  fuse_req_t req = p->req;                                               \
+  session *s = fuse_req_userdata(req);
 
 static napi_value reply_err(napi_env env, napi_callback_info info) {
   ARGS(2);
   fuse_reply_err(req, (int)get_num(env, argv[1]));
+  answered(s, p);
   return undefined(env);
 }
 
@@ -593,6 +693,7 @@ static napi_value reply_entry(napi_env env, napi_callback_info info) {
   }
   fill_entry(env, argv, &e, a);
   fuse_reply_entry(req, &e);
+  answered(s, p);
   return undefined(env);
 }
 
@@ -617,6 +718,7 @@ static napi_value reply_create(napi_env env, napi_callback_info info) {
   fill_entry(env, argv, &e, a);
   fill_file_info(env, argv[4], argv[5], &fi);
   fuse_reply_create(req, &e, &fi);
+  answered(s, p);
   return undefined(env);
 }
 
@@ -631,6 +733,7 @@ static napi_value reply_attr(napi_env env, napi_callback_info info) {
   }
   fill_stat(a, &st);
   fuse_reply_attr(req, &st, get_num(env, argv[2]));
+  answered(s, p);
   return undefined(env);
 }
 
@@ -642,6 +745,7 @@ static napi_value reply_readlink(napi_env env, napi_callback_info info) {
   char *target = malloc(len + 1);
   napi_get_value_string_utf8(env, argv[1], target, len + 1, &len);
   fuse_reply_readlink(req, target);
+  answered(s, p);
   free(target);
   return undefined(env);
 }
@@ -652,6 +756,7 @@ static napi_value reply_open(napi_env env, napi_callback_info info) {
   struct fuse_file_info fi;
   fill_file_info(env, argv[1], argv[2], &fi);
   fuse_reply_open(req, &fi);
+  answered(s, p);
   return undefined(env);
 }
 
@@ -659,6 +764,7 @@ static napi_value reply_open(napi_env env, napi_callback_info info) {
 static napi_value reply_write(napi_env env, napi_callback_info info) {
   ARGS(2);
   fuse_reply_write(req, (size_t)get_num(env, argv[1]));
+  answered(s, p);
   return undefined(env);
 }
 
@@ -669,6 +775,7 @@ static napi_value reply_buf(napi_env env, napi_callback_info info) {
   size_t len = 0;
   CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
   fuse_reply_buf(req, data, len);
+  answered(s, p);
   return undefined(env);
 }
 
@@ -676,6 +783,7 @@ static napi_value reply_buf(napi_env env, napi_callback_info info) {
 static napi_value reply_xattr(napi_env env, napi_callback_info info) {
   ARGS(2);
   fuse_reply_xattr(req, (size_t)get_num(env, argv[1]));
+  answered(s, p);
   return undefined(env);
 }
 
@@ -697,6 +805,7 @@ static napi_value reply_statfs(napi_env env, napi_callback_info info) {
   st.f_ffree = st.f_favail = (fsfilcnt_t)f[5];
   st.f_namemax = (unsigned long)f[6];
   fuse_reply_statfs(req, &st);
+  answered(s, p);
   return undefined(env);
 }
 
@@ -753,6 +862,7 @@ static napi_value reply_dir(napi_env env, napi_callback_info info) {
     pos += need;
   }
   fuse_reply_buf(req, buf, pos);
+  answered(s, p);
   free(buf);
   return undefined(env);
 }
@@ -797,6 +907,15 @@ static napi_value mount_fs(napi_env env, napi_callback_info info) {
   }
   int fd = fuse_session_fd(s->se);
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  static const struct fuse_custom_io io = {.writev = send_reply, .read = receive_request};
+  if (fuse_session_custom_io(s->se, &io, fd) != 0) {
+    fuse_session_unmount(s->se);
+    fuse_session_destroy(s->se);
+    free(s->mountpoint);
+    free(s);
+    napi_throw_error(env, "LCFS_EFUSE_MOUNT", "fuse_session_custom_io failed");
+    return NULL;
+  }
 
   napi_value resource, name;
   napi_create_object(env, &resource);
@@ -857,6 +976,25 @@ static napi_value close_fs(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+/* requestStats(session) → Float64Array(2 × OPCODES): requests received per kernel opcode, then
+ * nanoseconds spent from their receipt to their reply. */
+static napi_value request_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session *s = get_session(env, argv[0]);
+  napi_value buffer, out;
+  void *data;
+  CHECK(napi_create_arraybuffer(env, 2 * OPCODES * sizeof(double), &data, &buffer));
+  memset(data, 0, 2 * OPCODES * sizeof(double));
+  if (s) {
+    memcpy(data, s->op_count, sizeof s->op_count);
+    memcpy((double *)data + OPCODES, s->op_ns, sizeof s->op_ns);
+  }
+  CHECK(napi_create_typedarray(env, napi_float64_array, 2 * OPCODES, buffer, 0, &out));
+  return out;
+}
+
 /* detach(path) → 0 or errno: lazily unmounts whatever is mounted there (a stale mount). */
 static napi_value detach_path(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -879,7 +1017,7 @@ static void run_invalidations(napi_env env, void *data) {
     invalidation *item = &b->items[i];
     /* Errors only mean the kernel had nothing cached, or the session is going. */
     if (item->name) fuse_lowlevel_notify_inval_entry(b->s->se, item->ino, item->name, strlen(item->name));
-    else fuse_lowlevel_notify_inval_inode(b->s->se, item->ino, 0, 0);
+    else fuse_lowlevel_notify_inval_inode(b->s->se, item->ino, item->attributes_only ? -1 : 0, 0);
   }
 }
 
@@ -893,6 +1031,41 @@ static void invalidations_done(napi_env env, napi_status status, void *data) {
   free(b->items);
   free(b);
   (void)status;
+}
+
+/* Sends a batch's notifications from the thread pool; the promise resolves once they are sent. */
+static napi_value queue_invalidations(napi_env env, invalidation_batch *b, napi_value promise) {
+  if (b->count == 0) {
+    napi_value u;
+    napi_get_undefined(env, &u);
+    napi_resolve_deferred(env, b->deferred, u);
+    free(b->items);
+    free(b);
+    return promise;
+  }
+  napi_value resource_name;
+  napi_create_string_utf8(env, "lcfs-invalidate", NAPI_AUTO_LENGTH, &resource_name);
+  CHECK(napi_create_async_work(env, NULL, resource_name, run_invalidations, invalidations_done, b, &b->work));
+  CHECK(napi_queue_async_work(env, b->work));
+  return promise;
+}
+
+/* invalidateAttributes(session, nodeId) → Promise: drops a node's cached attributes, keeping
+ * its pages (dropping pages could wait on pages a pending write holds locked). */
+static napi_value invalidate_attributes(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session *s = get_session(env, argv[0]);
+  napi_value promise;
+  invalidation_batch *b = calloc(1, sizeof *b);
+  CHECK(napi_create_promise(env, &b->deferred, &promise));
+  b->s = s;
+  b->count = s && s->se ? 1 : 0;
+  b->items = calloc(1, sizeof(invalidation));
+  b->items[0].ino = (fuse_ino_t)get_num(env, argv[1]);
+  b->items[0].attributes_only = 1;
+  return queue_invalidations(env, b, promise);
 }
 
 /* invalidate(session, [[nodeId, name?], ...]) → Promise: drops cached names in directories,
@@ -924,19 +1097,7 @@ static napi_value invalidate(napi_env env, napi_callback_info info) {
       napi_get_value_string_utf8(env, name, b->items[i].name, len + 1, &len);
     }
   }
-  if (count == 0) {
-    napi_value u;
-    napi_get_undefined(env, &u);
-    napi_resolve_deferred(env, b->deferred, u);
-    free(b->items);
-    free(b);
-    return promise;
-  }
-  napi_value resource_name;
-  napi_create_string_utf8(env, "lcfs-invalidate", NAPI_AUTO_LENGTH, &resource_name);
-  CHECK(napi_create_async_work(env, NULL, resource_name, run_invalidations, invalidations_done, b, &b->work));
-  CHECK(napi_queue_async_work(env, b->work));
-  return promise;
+  return queue_invalidations(env, b, promise);
 }
 
 static napi_value init(napi_env env, napi_value exports) {
@@ -945,7 +1106,9 @@ static napi_value init(napi_env env, napi_value exports) {
     {"unmount", NULL, unmount_fs, NULL, NULL, NULL, napi_default, NULL},
     {"close", NULL, close_fs, NULL, NULL, NULL, napi_default, NULL},
     {"detach", NULL, detach_path, NULL, NULL, NULL, napi_default, NULL},
+    {"requestStats", NULL, request_stats, NULL, NULL, NULL, napi_default, NULL},
     {"invalidate", NULL, invalidate, NULL, NULL, NULL, napi_default, NULL},
+    {"invalidateAttributes", NULL, invalidate_attributes, NULL, NULL, NULL, napi_default, NULL},
     {"replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL},
     {"replyEntry", NULL, reply_entry, NULL, NULL, NULL, napi_default, NULL},
     {"replyCreate", NULL, reply_create, NULL, NULL, NULL, napi_default, NULL},

@@ -18,6 +18,7 @@ import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Change, LayerInfo, StoreStatfs } from '../../../fs/index.js';
+import type { RequestStats } from '../../../fs/fuse/mount.js';
 import { fromWire, type FromChild, type ToChild } from './protocol.js';
 import { lazyUnmount, mountsUnder } from './shell.js';
 
@@ -44,6 +45,8 @@ export interface VolumeCalls {
   diffSize(id: string, parent: string | null): number;
   flush(): null;
   statfs(): StoreStatfs;
+  /** The mount's requests per operation since it started (VolumeMount.requestStats). */
+  requestStats(): RequestStats;
 }
 
 export interface Exit {

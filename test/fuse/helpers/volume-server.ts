@@ -10,7 +10,8 @@
  *                   { type: 'fatal', error }                      could not start; exits 1
  *                   { type: 'reply', id, ok: true, result }       an answer to a call
  *                   { type: 'reply', id, ok: false, error }       a failed call: message, code, errno
- *   parent → child  { type: 'call', id, op, args }                op: one of OPS, or 'stop'
+ *   parent → child  { type: 'call', id, op, args }                op: one of OPS, 'requestStats'
+ *                                                                 (the mount's), or 'stop'
  * 'stop' (and SIGTERM, and the parent going away) unmounts, closes the store and exits 0.
  * Logs are pino JSON lines on stdout.
  */
@@ -106,6 +107,10 @@ async function main(): Promise<void> {
           process.exit(1);
         },
       );
+      return;
+    }
+    if (op === 'requestStats') {
+      void send({ type: 'reply', id, ok: true, result: mount.requestStats() });
       return;
     }
     const fn = OPS[op];
