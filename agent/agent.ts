@@ -4,7 +4,7 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { AccessCheck } from '../cluster/access-check.js';
 import { BlobCache } from '../cluster/blob-cache.js';
 import { startClusterNode, type ClusterNode } from '../cluster/cluster-node.js';
-import { createMirrorMetrics, registerCacheGauges } from '../cluster/metrics.js';
+import { createMirrorMetrics, registerStateGauges } from '../cluster/metrics.js';
 import { PullRouter } from '../cluster/pull-router.js';
 import { startRegistryMirror, type RegistryMirror } from '../cluster/registry-mirror.js';
 import { TagMemory } from '../cluster/tag-memory.js';
@@ -162,11 +162,13 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       stops.push(() => started.stop());
     }
     const mirrorMetrics = createMirrorMetrics(metrics);
-    const inventory = cluster?.inventory;
-    registerCacheGauges(metrics, {
+    const node = cluster;
+    registerStateGauges(metrics, {
       cacheBytes: () => cache.usedBytes,
       cacheBlobs: () => cache.list().length,
-      inventoryBlobs: () => inventory?.knownBlobs() ?? 0,
+      inventoryBlobs: () => node?.inventory.knownBlobs() ?? 0,
+      peers: () => node?.connectedPeers() ?? 0,
+      etcdConnected: () => (node?.etcdConnected() === true ? 1 : 0),
     });
     if (config.mirrorAddress !== '') {
       const mirrorLogger = logger.child({ component: 'mirror' });

@@ -38,6 +38,10 @@ export interface ClusterNode {
   readonly inventory: InventoryGossip;
   readonly transfer: BlobTransfer;
   readonly flights: FetchFlights;
+  /** Peers with a libp2p connection now. */
+  connectedPeers(): number;
+  /** Whether etcd answers; false without etcd. */
+  etcdConnected(): boolean;
   stop(): Promise<void>;
 }
 
@@ -156,6 +160,8 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     inventory,
     transfer,
     flights,
+    connectedPeers: () => node.getPeers().length,
+    etcdConnected: () => membership?.connected ?? false,
     stop: async () => {
       clearInterval(redial);
       await membership?.leave();

@@ -20,8 +20,9 @@ export class EtcdFetchFlights implements FetchFlights {
 
   async claim(digest: string): Promise<FlightClaim> {
     const lease = this.membership.currentLease();
-    if (lease === undefined) {
-      throw new ClusterError('LCFS_EPEER', 'not registered in etcd: no lease to hold a flight');
+    if (lease === undefined || !this.membership.connected) {
+      // Fail fast: a claim that waits on an unreachable etcd would stall every pull.
+      throw new ClusterError('LCFS_EPEER', 'etcd is unreachable: no lease to hold a flight');
     }
     const { client } = this.membership;
     const key = `${this.prefix}/flights/${digest}`;

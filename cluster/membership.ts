@@ -36,6 +36,8 @@ export class EtcdMembership extends EventEmitter<MembershipEvents> {
   private readonly known = new Map<string, MemberRecord>();
   private lease: Lease | undefined;
   private stopped = false;
+  /** The last word from etcd was an answer (a keepalive or a write), not a failure. */
+  private reachable = false;
   private renewing: Promise<void> | undefined;
 
   private constructor(
@@ -70,6 +72,11 @@ export class EtcdMembership extends EventEmitter<MembershipEvents> {
     return [...this.known.values()];
   }
 
+  /** Whether etcd answered this agent's last keepalive or write. */
+  get connected(): boolean {
+    return this.reachable && this.currentLease() !== undefined;
+  }
+
   /** The current lease: keys written with it vanish when this agent stops or dies. */
   currentLease(): Lease | undefined {
     return this.lease !== undefined && !this.lease.revoked() ? this.lease : undefined;
@@ -94,7 +101,11 @@ export class EtcdMembership extends EventEmitter<MembershipEvents> {
           .put(`${this.membersPrefix}${this.self.peerId}`)
           .value(JSON.stringify(this.self));
         this.lease = lease;
+        this.reachable = true;
+        lease.on('keepaliveSucceeded', () => (this.reachable = true));
+        lease.on('keepaliveFailed', () => (this.reachable = false));
         lease.on('lost', (err) => {
+          this.reachable = false;
           if (this.stopped) return;
           this.logger.warn({ err: err.message }, 'etcd lease lost; registering again');
           this.lease = undefined;
@@ -105,6 +116,7 @@ export class EtcdMembership extends EventEmitter<MembershipEvents> {
         return;
       } catch (err) {
         lease.release();
+        this.reachable = false;
         this.logger.warn({ err: (err as Error).message }, 'etcd unreachable; retrying');
         await pause(RETRY_MS);
       }

@@ -39,11 +39,35 @@ export function createMirrorMetrics(registry: Registry): MirrorMetrics {
   };
 }
 
-/** Gauges read when Prometheus scrapes: sizes that are cheap to compute on demand. */
-export function registerCacheGauges(
+/** Gauges read when Prometheus scrapes: figures that are cheap to compute on demand. */
+export function registerStateGauges(
   registry: Registry,
-  read: { cacheBytes(): number; cacheBlobs(): number; inventoryBlobs(): number },
+  read: {
+    cacheBytes(): number;
+    cacheBlobs(): number;
+    inventoryBlobs(): number;
+    /** Connected libp2p peers. */
+    peers(): number;
+    /** 1 when etcd answers, 0 when it does not or none is configured. */
+    etcdConnected(): number;
+  },
 ): void {
+  new Gauge({
+    name: 'lcfs_cluster_peers',
+    help: 'Peers this agent has a libp2p connection to',
+    registers: [registry],
+    collect() {
+      this.set(read.peers());
+    },
+  });
+  new Gauge({
+    name: 'lcfs_cluster_etcd_connected',
+    help: 'Whether etcd answered the last keepalive of this agent (0 also when standalone)',
+    registers: [registry],
+    collect() {
+      this.set(read.etcdConnected());
+    },
+  });
   new Gauge({
     name: 'lcfs_blob_cache_bytes',
     help: 'Bytes of verified blobs in the registry mirror cache (separate from the layer volume)',

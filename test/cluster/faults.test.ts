@@ -165,6 +165,10 @@ describe('cooperative pulls under faults', function () {
       await etcd.stop();
       try {
         await sleep(7_000); // past the lease TTL: the agents' leases are lost
+        assert.equal(
+          await metricValue(cluster.agents[0].apiAddress!, 'lcfs_cluster_etcd_connected'),
+          0,
+        );
         const during = await cluster.pushImage({ name: 'faults/etcd-down', layerSizes: [2 * MiB] });
         assertPulledRight(
           await pullThroughMirror(cluster.agents[0].mirrorAddress!, during),
@@ -176,6 +180,14 @@ describe('cooperative pulls under faults', function () {
       await until('every agent to register again', async () => {
         const keys = await etcd.ctl('get', '--prefix', '--keys-only', `${PREFIX}/members/`);
         return cluster.agents.every((agent) => keys.includes(agent.peerId!));
+      });
+      await until('every agent to hear from etcd again', async () => {
+        const connected = await Promise.all(
+          cluster.agents.map((agent) =>
+            metricValue(agent.apiAddress!, 'lcfs_cluster_etcd_connected'),
+          ),
+        );
+        return connected.every((value) => value === 1);
       });
       const after = await cluster.pushImage({
         name: 'faults/etcd-back',
