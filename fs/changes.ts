@@ -258,12 +258,12 @@ export function diffTar(tree: LayerTree, data: FileData, changes: Change[]): Rea
         header.size = rec.size;
       }
       yield encodeHeader(header);
-      if (header.size > 0) await data.seal(tree, ino);
-      for (let at = 0; at < header.size; at += CHUNK_SIZE) {
-        const part = await data.read(tree, ino, at, Math.min(CHUNK_SIZE, header.size - at));
-        if (part.length !== Math.min(CHUNK_SIZE, header.size - at))
+      for (let idx = 0; idx * CHUNK_SIZE < header.size; idx++) {
+        const length = Math.min(CHUNK_SIZE, header.size - idx * CHUNK_SIZE);
+        if (tree.inode(ino).size !== header.size) {
           throw new Error(`${change.path} changed size during diff`);
-        yield part;
+        }
+        yield await data.readForDiff(tree, ino, idx, length);
       }
       yield padding(header.size);
     }

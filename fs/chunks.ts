@@ -191,9 +191,10 @@ export class ChunkStore {
   /**
    * Seals a mutable chunk that will not be written again: its bytes get their hash as a name,
    * by a hard link rather than a copy, or are dropped for the copy the store already holds.
-   * Returns the hash, pinned until `unpin`; the caller swaps the reference in its record.
+   * Returns the hash, pinned until `unpin` (the caller swaps the reference in its record), and
+   * the bytes it read to hash them.
    */
-  async seal(ref: string): Promise<string> {
+  async seal(ref: string): Promise<{ hash: string; data: Buffer }> {
     const buf = Buffer.allocUnsafe(CHUNK_LIMIT);
     let length = 0;
     await this.withHandle(ref, async (fh) => {
@@ -219,7 +220,7 @@ export class ChunkStore {
         this.writing.delete(hash);
       }
     }
-    return hash;
+    return { hash, data };
   }
 
   pin(ref: string): void {

@@ -149,33 +149,39 @@ export class FileData {
   }
 
   /**
-   * Seals the mutable chunks of `ino`'s content in the layer that holds it, so that a diff of
-   * this file, applied again, finds every chunk already stored: the way commit copies no data.
+   * Chunk `idx` of `ino` (its first `length` bytes), for a diff: a mutable chunk is sealed on
+   * the way, so that the diff, applied again, finds every chunk already stored (the way commit
+   * copies no data). The bytes hashed to seal the chunk are the bytes returned, so a diff reads
+   * each chunk once, and streams chunk by chunk instead of sealing the whole file first.
    */
-  seal(tree: LayerTree, ino: number): Promise<void> {
+  readForDiff(tree: LayerTree, ino: number, idx: number, length: number): Promise<Buffer> {
     const { owner } = tree.findContent(ino);
-    if (owner < 0) return Promise.resolve();
+    if (owner < 0) return Promise.resolve(Buffer.alloc(length));
     return this.lockedOn(owner, ino, async () => {
       const key = contentKey(owner, ino);
-      const list = tree.view.get<ContentRecord>(key);
-      if (!list) return;
-      for (let idx = 0; idx < list.length; idx++) {
-        const ref = list[idx];
-        if (ref === '' || isSealed(ref)) continue;
-        const hash = await this.chunks.seal(ref);
-        try {
-          const now = tree.view.get<ContentRecord>(key);
-          if (!now || now[idx] !== ref) continue; // changed meanwhile; leave it
+      const ref = tree.view.get<ContentRecord>(key)?.[idx] ?? '';
+      const out = Buffer.alloc(length);
+      if (ref === '') return out;
+      if (isSealed(ref)) {
+        await this.chunks.read(ref, 0, out);
+        return out;
+      }
+      const { hash, data } = await this.chunks.seal(ref);
+      try {
+        const now = tree.view.get<ContentRecord>(key);
+        if (now?.[idx] === ref) {
           const next = [...now];
           next[idx] = hash;
           tree.view.addRef(hash, 1);
           tree.view.put(key, next);
           tree.view.addRef(ref, -1);
           this.contentChanged();
-        } finally {
-          this.chunks.unpin(hash);
         }
+      } finally {
+        this.chunks.unpin(hash);
       }
+      data.copy(out, 0, 0, Math.min(length, data.length));
+      return out;
     });
   }
 
