@@ -212,57 +212,103 @@ const TYPE_OF: Record<number, TarType> = {
   [S_IFIFO]: 'fifo',
 };
 
+/** Files whose content a diff reads ahead, so their chunks are sealed and read in parallel. */
+const READ_AHEAD_FILES = 16;
+
+interface DiffEntry {
+  readonly header: TarHeader;
+  /** The inode whose content follows the header; undefined for entries without content. */
+  readonly ino?: number;
+}
+
 /**
  * The changes as a layer tar: deletions as `.wh.` entries, directories before their contents,
  * hard links within the diff as links. An error mid-stream destroys the stream, so a consumer
  * never mistakes a truncated tar for a whole one.
+ *
+ * The first chunk of the next few files is read (and sealed) ahead while the current one is
+ * streamed: a build step that wrote thousands of small files would otherwise wait on each
+ * file's reads and links in turn.
  */
 export function diffTar(tree: LayerTree, data: FileData, changes: Change[]): Readable {
+  // A layer tar can link only to names it holds itself: a file also reachable by an unchanged
+  // name is written whole, as Docker writes it, so the tar applies on any driver.
+  const firstPath = new Map<number, string>();
+  const entryOf = (change: Change): DiffEntry => {
+    const rel = change.path.slice(1);
+    if (change.kind === ChangeKind.Delete) {
+      const at = rel.lastIndexOf('/');
+      const name = `${rel.slice(0, at + 1)}.wh.${rel.slice(at + 1)}`;
+      return { header: { ...EMPTY, path: name, type: 'file' } };
+    }
+    const ino = tree.resolve(change.path);
+    const rec = tree.inode(ino);
+    const [devmajor, devminor] = splitDev(rec.rdev);
+    const header: TarHeader = {
+      path: rel,
+      type: TYPE_OF[rec.mode & S_IFMT] ?? 'file',
+      mode: rec.mode & 0o7777,
+      uid: rec.uid,
+      gid: rec.gid,
+      size: 0,
+      mtime: rec.mtime,
+      linkname: rec.target ?? '',
+      devmajor,
+      devminor,
+      xattrs: Object.fromEntries(
+        Object.entries(rec.xattrs ?? {}).map(([k, v]) => [k, Buffer.from(v)]),
+      ),
+    };
+    if (header.type !== 'file') return { header };
+    const first = firstPath.get(ino);
+    if (first !== undefined) return { header: { ...header, type: 'link', linkname: first } };
+    if (rec.nlink > 1) firstPath.set(ino, rel);
+    return { header: { ...header, size: rec.size }, ino };
+  };
+
   async function* entries(): AsyncGenerator<Buffer> {
-    // A layer tar can link only to names it holds itself: a file also reachable by an unchanged
-    // name is written whole, as Docker writes it, so the tar applies on any driver.
-    const firstPath = new Map<number, string>();
-    for (const change of changes) {
-      const rel = change.path.slice(1);
-      if (change.kind === ChangeKind.Delete) {
-        const at = rel.lastIndexOf('/');
-        const name = `${rel.slice(0, at + 1)}.wh.${rel.slice(at + 1)}`;
-        yield encodeHeader({ ...EMPTY, path: name, type: 'file' });
-        continue;
+    // Entries planned and not yet streamed, by position; streamed ones are dropped.
+    const planned = new Map<number, DiffEntry>();
+    let plannedCount = 0;
+    const firstChunks = new Map<number, Promise<Buffer>>();
+    const readFirstChunk = (entry: DiffEntry): Promise<Buffer> =>
+      data.readForDiff(tree, entry.ino!, 0, Math.min(CHUNK_SIZE, entry.header.size));
+    let next = 0;
+    // Plans entries (and starts their first chunk's read) up to READ_AHEAD_FILES files ahead.
+    const planAhead = (at: number): void => {
+      let files = 0;
+      for (let i = at; i < plannedCount && files < READ_AHEAD_FILES; i++) {
+        if (firstChunks.has(i)) files++;
       }
-      const ino = tree.resolve(change.path);
-      const rec = tree.inode(ino);
-      const [devmajor, devminor] = splitDev(rec.rdev);
-      const header: TarHeader = {
-        path: rel,
-        type: TYPE_OF[rec.mode & S_IFMT] ?? 'file',
-        mode: rec.mode & 0o7777,
-        uid: rec.uid,
-        gid: rec.gid,
-        size: 0,
-        mtime: rec.mtime,
-        linkname: rec.target ?? '',
-        devmajor,
-        devminor,
-        xattrs: Object.fromEntries(
-          Object.entries(rec.xattrs ?? {}).map(([k, v]) => [k, Buffer.from(v)]),
-        ),
-      };
-      if (header.type === 'file') {
-        const first = firstPath.get(ino);
-        if (first !== undefined) {
-          yield encodeHeader({ ...header, type: 'link', linkname: first });
+      while (next < changes.length && (files < READ_AHEAD_FILES || plannedCount <= at)) {
+        const entry = entryOf(changes[next++]);
+        const position = plannedCount++;
+        planned.set(position, entry);
+        if (entry.ino === undefined || entry.header.size === 0) continue;
+        const read = readFirstChunk(entry);
+        read.catch(() => undefined); // awaited in order below; never an unhandled rejection
+        firstChunks.set(position, read);
+        files++;
+      }
+    };
+    for (let i = 0; ; i++) {
+      planAhead(i);
+      if (i >= plannedCount) break;
+      const { header, ino } = planned.get(i)!;
+      planned.delete(i);
+      yield encodeHeader(header);
+      if (ino === undefined || header.size === 0) continue;
+      const first = firstChunks.get(i)!;
+      firstChunks.delete(i);
+      for (let idx = 0; idx * CHUNK_SIZE < header.size; idx++) {
+        if (tree.inode(ino).size !== header.size) {
+          throw new Error(`/${header.path} changed size during diff`);
+        }
+        if (idx === 0) {
+          yield await first;
           continue;
         }
-        if (rec.nlink > 1) firstPath.set(ino, rel);
-        header.size = rec.size;
-      }
-      yield encodeHeader(header);
-      for (let idx = 0; idx * CHUNK_SIZE < header.size; idx++) {
         const length = Math.min(CHUNK_SIZE, header.size - idx * CHUNK_SIZE);
-        if (tree.inode(ino).size !== header.size) {
-          throw new Error(`${change.path} changed size during diff`);
-        }
         yield await data.readForDiff(tree, ino, idx, length);
       }
       yield padding(header.size);
