@@ -11,6 +11,21 @@ import {
   type AgentConfig,
 } from '../../agent/config.js';
 
+/** The defaults of the keys no test below sets. */
+const MIRROR_AND_CLUSTER_DEFAULTS = {
+  apiAddress: '127.0.0.1:7350',
+  mirrorAddress: '127.0.0.1:7351',
+  upstreams: ['docker.io=https://registry-1.docker.io'],
+  registryAuthFile: '',
+  blobCacheBytes: 20 * 2 ** 30,
+  serveStaleTags: false,
+  etcdEndpoints: [],
+  clusterPrefix: '/lcfs',
+  clusterSecretFile: '',
+  p2pAddress: '0.0.0.0:7352',
+  staticPeers: [],
+};
+
 describe('agent config', () => {
   let dir: string;
 
@@ -52,17 +67,7 @@ describe('agent config', () => {
       snapshotterSocket: '/run/lcfs/snapshotter.sock',
       logLevel: 'info',
       flushIntervalMs: 50,
-      apiAddress: '127.0.0.1:7350',
-      mirrorAddress: '127.0.0.1:7351',
-      upstreams: ['docker.io=https://registry-1.docker.io'],
-      registryAuthFile: '',
-      blobCacheBytes: 20 * 2 ** 30,
-      serveStaleTags: false,
-      etcdEndpoints: [],
-      clusterPrefix: '/lcfs',
-      clusterSecretFile: '',
-      p2pAddress: '0.0.0.0:7352',
-      staticPeers: [],
+      ...MIRROR_AND_CLUSTER_DEFAULTS,
     });
   });
 
@@ -126,17 +131,7 @@ describe('agent config', () => {
       snapshotterSocket: '/run/lcfs/snapshotter.sock',
       logLevel: 'debug',
       flushIntervalMs: 30,
-      apiAddress: '127.0.0.1:7350',
-      mirrorAddress: '127.0.0.1:7351',
-      upstreams: ['docker.io=https://registry-1.docker.io'],
-      registryAuthFile: '',
-      blobCacheBytes: 20 * 2 ** 30,
-      serveStaleTags: false,
-      etcdEndpoints: [],
-      clusterPrefix: '/lcfs',
-      clusterSecretFile: '',
-      p2pAddress: '0.0.0.0:7352',
-      staticPeers: [],
+      ...MIRROR_AND_CLUSTER_DEFAULTS,
     });
   });
 

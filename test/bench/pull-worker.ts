@@ -14,6 +14,7 @@
 import { createHash } from 'node:crypto';
 import { Agent, get, type IncomingMessage } from 'node:http';
 import { createInterface } from 'node:readline';
+import { MANIFEST_TYPES } from '../../cluster/upstream-registry.js';
 
 export interface PullJob {
   /** The registry (or mirror) base URL, `http://HOST:PORT`. */
@@ -53,12 +54,8 @@ class CutBody extends Error {
   }
 }
 
-const ACCEPT = [
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-].join(', ');
+/** What engines send: every manifest type the mirror relays. */
+const ACCEPT = MANIFEST_TYPES.join(', ');
 
 const now = (): number => performance.timeOrigin + performance.now();
 

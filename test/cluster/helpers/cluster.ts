@@ -20,6 +20,7 @@ import { Registry } from '../../helpers/registry.js';
 import { Etcd } from './etcd.js';
 import { pushRandomImage, type RandomImage, type RandomImageSpec } from './random-images.js';
 import { UpstreamProxy } from './upstream-proxy.js';
+import { MANIFEST_TYPES } from '../../../cluster/upstream-registry.js';
 
 export interface TestClusterOptions {
   /** How many agents to start. */
@@ -119,12 +120,8 @@ export class TestCluster {
   }
 }
 
-const ACCEPT = [
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-].join(', ');
+/** What engines send: every manifest type the mirror relays. */
+const ACCEPT = MANIFEST_TYPES.join(', ');
 
 export interface PulledImage {
   readonly manifestDigest: string;
