@@ -3,6 +3,7 @@
  * first, so the upstream sees one GET per blob for the whole cluster.
  */
 import assert from 'node:assert/strict';
+import { freePorts } from '../helpers/daemon.js';
 import { fetchBlobDigest, metricValue, pullThroughMirror, TestCluster } from './helpers/cluster.js';
 import type { RandomImage } from './helpers/random-images.js';
 
@@ -81,5 +82,41 @@ describe('cooperative pulls (etcd + libp2p + registry mirror)', function () {
         }
       }),
     );
+  });
+});
+
+describe('cooperative pulls with static peers (no etcd)', function () {
+  this.timeout(300_000);
+  let cluster: TestCluster;
+
+  before(async () => {
+    cluster = await TestCluster.start({ agents: 0, etcd: false });
+  });
+
+  after(async () => {
+    await cluster?.dispose();
+  });
+
+  it('an agent pulls from the peer it was given, with no upstream blob GET', async () => {
+    // Each agent is given the other's address (no peer id: it is learnt in the handshake).
+    const [portA, portB] = await freePorts(2);
+    const first = await cluster.addAgent({
+      '--p2p-address': `127.0.0.1:${portA}`,
+      '--static-peers': `/ip4/127.0.0.1/tcp/${portB}`,
+    });
+    const second = await cluster.addAgent({
+      '--p2p-address': `127.0.0.1:${portB}`,
+      '--static-peers': `/ip4/127.0.0.1/tcp/${portA}`,
+    });
+    for (const agent of [first, second]) {
+      while ((await metricValue(agent.apiAddress!, 'lcfs_cluster_peers')) < 1) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+    const image = await cluster.pushImage({ name: 'static/warm', layerSizes: [3 * MiB] });
+    assertPulledRight(await pullThroughMirror(first.mirrorAddress!, image), image);
+    cluster.proxy.resetCounts();
+    assertPulledRight(await pullThroughMirror(second.mirrorAddress!, image), image);
+    assert.equal(cluster.proxy.blobGets().size, 0, 'the second agent went upstream');
   });
 });
