@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { link, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { link, readFile, stat, unlink, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { AgentError } from './errors.js';
 
@@ -10,6 +11,10 @@ import { AgentError } from './errors.js';
  * The lock is the file `<dataDir>/lcfs.lock` holding the owner's pid. It is created whole with
  * link(2), which fails if the name exists, so no reader ever sees it empty. A lock whose pid is
  * no longer running is stale (the owner crashed) and is taken over.
+ *
+ * Only one contender at a time may break a stale lock: the one that holds `lcfs.lock.break`
+ * (created the same way). Without it, a contender that judged the lock stale a moment ago could
+ * remove the lock another contender has just taken, and both would win.
  */
 
 export const LOCK_FILE_NAME = 'lcfs.lock';
@@ -39,7 +44,9 @@ export interface DataDirLock {
 }
 
 /** Attempts before giving up when other agents keep creating and breaking locks around us. */
-const MAX_ATTEMPTS = 5;
+const MAX_ATTEMPTS = 50;
+/** A breaker file this old was left by an agent that crashed while breaking a lock. */
+const BREAKER_STALE_MS = 10_000;
 
 function isErrno(err: unknown, code: string): boolean {
   return (err as NodeJS.ErrnoException | undefined)?.code === code;
@@ -77,25 +84,35 @@ function parsePid(text: string): number | undefined {
 }
 
 /**
- * Moves a stale lock aside, but only if it is still the one we judged stale: another agent may
- * have broken it and written its own in the meantime, and that one must be put back.
+ * Removes the lock if it still holds `staleText`, as the one breaker. A contender that finds
+ * another breaking returns to try again: by then the lock is gone, or someone else's.
  */
 async function breakStaleLock(path: string, staleText: string): Promise<void> {
-  const aside = scratchName(path, 'stale');
+  const breaker = `${path}.break`;
+  const draft = scratchName(path, 'breaker');
+  await writeFile(draft, `${process.pid}\n`);
   try {
-    await rename(path, aside);
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return;
-    throw err;
-  }
-  if ((await readLockText(aside)) !== staleText) {
     try {
-      await link(aside, path);
+      await link(draft, breaker);
     } catch (err) {
       if (!isErrno(err, 'EEXIST')) throw err;
+      const since = await stat(breaker).then(
+        (info) => Date.now() - info.mtimeMs,
+        () => 0,
+      );
+      if (since > BREAKER_STALE_MS) await unlink(breaker).catch(() => undefined);
+      await sleep(5);
+      return;
     }
+    try {
+      // Only the breaker unlinks the lock, so it cannot change between this read and unlink.
+      if ((await readLockText(path)) === staleText) await unlink(path);
+    } finally {
+      await unlink(breaker);
+    }
+  } finally {
+    await unlink(draft);
   }
-  await unlink(aside);
 }
 
 /** Takes the data directory lock, or throws DataDirLockedError naming the running owner. */
