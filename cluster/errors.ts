@@ -11,7 +11,8 @@ export type ClusterErrorCode =
   | 'LCFS_EUPSTREAM_UNREACHABLE'
   | 'LCFS_EACCESS_DENIED'
   | 'LCFS_EPEER'
-  | 'LCFS_ECLUSTER_SECRET';
+  | 'LCFS_ECLUSTER_SECRET'
+  | 'LCFS_EREGISTRY_AUTH';
 
 export class ClusterError extends Error {
   readonly code: ClusterErrorCode;

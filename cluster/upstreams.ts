@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
+import { ClusterError } from './errors.js';
 import { UpstreamRegistry, type Credentials } from './upstream-registry.js';
 
 /**
@@ -62,9 +63,22 @@ export class Upstreams {
 async function readAuthFile(path: string): Promise<Map<string, Credentials>> {
   const found = new Map<string, Credentials>();
   if (path === '') return found;
-  const parsed = JSON.parse(await readFile(path, 'utf8')) as {
-    auths?: Record<string, { auth?: string; username?: string; password?: string }>;
-  };
+  let parsed: { auths?: Record<string, { auth?: string; username?: string; password?: string }> };
+  try {
+    parsed = JSON.parse(await readFile(path, 'utf8')) as typeof parsed;
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new ClusterError(
+      'LCFS_EREGISTRY_AUTH',
+      `cannot read registryAuthFile ${path}: ${reason}`,
+    );
+  }
+  if (typeof parsed !== 'object' || parsed === null) {
+    throw new ClusterError(
+      'LCFS_EREGISTRY_AUTH',
+      `registryAuthFile ${path} must hold a JSON object`,
+    );
+  }
   for (const [host, entry] of Object.entries(parsed.auths ?? {})) {
     let { username, password } = entry;
     if (entry.auth !== undefined) {

@@ -8,7 +8,7 @@
  * the challenges registries send.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -20,6 +20,7 @@ import {
   type Identity,
   type UpstreamBlob,
 } from '../../cluster/upstream-registry.js';
+import { Upstreams } from '../../cluster/upstreams.js';
 import { freePorts } from '../helpers/daemon.js';
 import { basicAuthorization, Registry, REGISTRY_REALM } from '../helpers/registry.js';
 import { OCI_MANIFEST, pushRandomImage, type RandomImage } from './helpers/random-images.js';
@@ -62,6 +63,18 @@ describe('cluster: UpstreamRegistry', function () {
   after(async () => {
     await Promise.all([open?.dispose(), locked?.dispose()]);
     await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('refuses a registryAuthFile it cannot read or parse, naming the file', async () => {
+    const broken = join(tmp, 'auth-broken.json');
+    await writeFile(broken, '{"auths": ');
+    for (const path of [broken, join(tmp, 'auth-missing.json')]) {
+      await assert.rejects(Upstreams.load([], path, logger), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'LCFS_EREGISTRY_AUTH');
+        assert.ok(err.message.includes(path), err.message);
+        return true;
+      });
+    }
   });
 
   describe('anonymous registry', () => {
