@@ -33,6 +33,17 @@ export type AccessDecision =
     };
 
 const DEFAULT_TTL_MS = 60_000;
+
+/** Names one question: may this identity read this content in this repository? */
+function questionKey(
+  upstream: UpstreamRegistry,
+  kind: ContentKind,
+  repo: string,
+  digest: string,
+  identity: Identity,
+): string {
+  return `${upstream.name}/${repo}/${kind}/${digest} ${identityKey(identity)}`;
+}
 const MAX_ANSWERS = 100_000;
 
 export class AccessCheck {
@@ -50,7 +61,7 @@ export class AccessCheck {
     digest: string,
     identity: Identity,
   ): Promise<AccessDecision> {
-    const key = `${upstream.name}/${repo}/${kind}/${digest} ${identityKey(identity)}`;
+    const key = questionKey(upstream, kind, repo, digest, identity);
     const known = this.answers.get(key);
     if (known !== undefined && Date.now() - known.at < this.ttlMs) return known.decision;
     let decision: AccessDecision;
@@ -100,7 +111,7 @@ export class AccessCheck {
     identity: Identity,
     size: number,
   ): void {
-    this.store(`${upstream.name}/${repo}/${kind}/${digest} ${identityKey(identity)}`, {
+    this.store(questionKey(upstream, kind, repo, digest, identity), {
       allowed: true,
       size,
     });

@@ -1,6 +1,7 @@
 import { Etcd3, type Lease } from 'etcd3';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
  * Cluster membership in etcd. Each agent keeps one record under `<prefix>/members/<peerId>`,
@@ -60,7 +61,7 @@ export class EtcdMembership extends EventEmitter<MembershipEvents> {
     const membership = new EtcdMembership(client, options.prefix, options.self, options.logger);
     membership.watch();
     membership.renewing = membership.register();
-    await Promise.race([membership.renewing, pause(3_000)]);
+    await Promise.race([membership.renewing, sleep(3_000)]);
     return membership;
   }
 
@@ -118,7 +119,7 @@ export class EtcdMembership extends EventEmitter<MembershipEvents> {
         lease.release();
         this.reachable = false;
         this.logger.warn({ err: (err as Error).message }, 'etcd unreachable; retrying');
-        await pause(RETRY_MS);
+        await sleep(RETRY_MS);
       }
     }
   }
@@ -161,8 +162,4 @@ export class EtcdMembership extends EventEmitter<MembershipEvents> {
   private remove(peerId: string): void {
     if (this.known.delete(peerId)) this.emit('leave', peerId);
   }
-}
-
-function pause(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

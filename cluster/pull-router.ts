@@ -5,6 +5,7 @@ import { ClusterError, isClusterError } from './errors.js';
 import type { MirrorMetrics } from './metrics.js';
 import { choosePeer, PeerHealth, type PeerHolding } from './peer-selection.js';
 import type { ContentKind, Identity, UpstreamRegistry } from './upstream-registry.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
  * Where each blob comes from. For a blob the engine asks for, in order:
@@ -149,7 +150,7 @@ export class PullRouter {
           if (Date.now() - waitingSince > MAX_WAIT_MS) {
             throw new ClusterError('LCFS_EUPSTREAM', `no usable source for blob ${digest}`);
           }
-          await pause(RETRY_PAUSE_MS);
+          await sleep(RETRY_PAUSE_MS);
           continue;
         }
         waitingSince = undefined;
@@ -302,8 +303,4 @@ function rangeError(digest: string, offset: number, size: number): ClusterError 
     `range start ${offset} is past the end of blob ${digest} (${size} bytes)`,
     416,
   );
-}
-
-function pause(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -3,35 +3,27 @@
  * etcd down, the upstream down, an agent without the cluster secret, and private images.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { generateClusterSecret } from '../../cluster/cluster-secret.js';
 import { sleep } from '../helpers/cleanup.js';
 import { basicAuthorization } from '../helpers/registry.js';
 import {
+  assertPulledRight,
+  digestsOf,
   fetchBlobDigest,
   metricValue,
   pullThroughMirror,
   TestCluster,
+  until,
   type PulledImage,
 } from './helpers/cluster.js';
 import { LyingPeer } from './helpers/lying-peer.js';
 import type { RandomImage } from './helpers/random-images.js';
+import { digestOf } from '../../cluster/digest.js';
 
 const MiB = 1 << 20;
 const PREFIX = '/lcfs-test';
-
-function digestsOf(image: RandomImage): string[] {
-  return [image.config.digest, ...image.layers.map((layer) => layer.digest)];
-}
-
-function assertPulledRight(pulled: PulledImage, image: RandomImage): void {
-  assert.equal(pulled.manifestDigest, image.manifest.digest);
-  for (const digest of digestsOf(image)) {
-    assert.equal(pulled.blobs.get(digest), digest, `blob ${digest} arrived with other bytes`);
-  }
-}
 
 /** Retries a pull whose transfer the agent cut on purpose (bad bytes): engines retry too. */
 async function pullWithRetries(
@@ -46,18 +38,6 @@ async function pullWithRetries(
       if (attempt >= tries) throw err;
       await sleep(500);
     }
-  }
-}
-
-async function until(
-  what: string,
-  check: () => Promise<boolean>,
-  timeoutMs = 30_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
   }
 }
 
@@ -101,7 +81,7 @@ describe('cooperative pulls under faults', function () {
         const cached = await readFile(
           join(victim.dataDir, 'blobs', 'sha256', layer.digest.slice(7)),
         );
-        assert.equal(`sha256:${createHash('sha256').update(cached).digest('hex')}`, layer.digest);
+        assert.equal(digestOf(cached), layer.digest);
         assert.equal(cluster.proxy.blobGets().get(layer.digest)?.gets, 1);
 
         // Avoided from now on: a second agent that pulls gets the blob from the victim.

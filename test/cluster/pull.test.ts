@@ -4,20 +4,17 @@
  */
 import assert from 'node:assert/strict';
 import { freePorts } from '../helpers/daemon.js';
-import { fetchBlobDigest, metricValue, pullThroughMirror, TestCluster } from './helpers/cluster.js';
-import type { RandomImage } from './helpers/random-images.js';
+import {
+  assertPulledRight,
+  digestsOf,
+  fetchBlobDigest,
+  metricValue,
+  pullThroughMirror,
+  TestCluster,
+  until,
+} from './helpers/cluster.js';
 
 const MiB = 1 << 20;
-
-function assertPulledRight(
-  pulled: Awaited<ReturnType<typeof pullThroughMirror>>,
-  image: RandomImage,
-): void {
-  assert.equal(pulled.manifestDigest, image.manifest.digest);
-  for (const digest of [image.config.digest, ...image.layers.map((layer) => layer.digest)]) {
-    assert.equal(pulled.blobs.get(digest), digest, `blob ${digest} arrived with other bytes`);
-  }
-}
 
 describe('cooperative pulls (etcd + libp2p + registry mirror)', function () {
   this.timeout(300_000);
@@ -42,7 +39,7 @@ describe('cooperative pulls (etcd + libp2p + registry mirror)', function () {
     );
     for (const pulled of pulls) assertPulledRight(pulled, image);
     const gets = cluster.proxy.blobGets();
-    for (const digest of [image.config.digest, ...image.layers.map((layer) => layer.digest)]) {
+    for (const digest of digestsOf(image)) {
       assert.equal(
         gets.get(digest)?.gets,
         1,
@@ -109,9 +106,10 @@ describe('cooperative pulls with static peers (no etcd)', function () {
       '--static-peers': `/ip4/127.0.0.1/tcp/${portA}`,
     });
     for (const agent of [first, second]) {
-      while ((await metricValue(agent.apiAddress!, 'lcfs_cluster_peers')) < 1) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
+      await until(
+        'the agents to connect',
+        async () => (await metricValue(agent.apiAddress!, 'lcfs_cluster_peers')) >= 1,
+      );
     }
     const image = await cluster.pushImage({ name: 'static/warm', layerSizes: [3 * MiB] });
     assertPulledRight(await pullThroughMirror(first.mirrorAddress!, image), image);

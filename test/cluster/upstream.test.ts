@@ -4,7 +4,6 @@
  * through the counting, throttling upstream proxy.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,12 +11,9 @@ import { basicAuthorization, Registry, REGISTRY_REALM } from '../helpers/registr
 import { Etcd } from './helpers/etcd.js';
 import { OCI_MANIFEST, pushRandomImage, type RandomImage } from './helpers/random-images.js';
 import { UpstreamProxy } from './helpers/upstream-proxy.js';
+import { digestOf } from '../../cluster/digest.js';
 
 const MiB = 1 << 20;
-
-function sha256(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-}
 
 async function get(
   url: string,
@@ -101,7 +97,7 @@ describe('cluster test components', function () {
       });
       assert.equal(manifest.status, 200);
       assert.equal(manifest.headers.get('docker-content-digest'), image.manifest.digest);
-      assert.equal(sha256(manifest.body), image.manifest.digest);
+      assert.equal(digestOf(manifest.body), image.manifest.digest);
       const parsed = JSON.parse(manifest.body.toString()) as { layers: { digest: string }[] };
       assert.deepEqual(
         parsed.layers.map((l) => l.digest),
@@ -116,7 +112,7 @@ describe('cluster test components', function () {
         assert.equal(res.status, 200);
         assert.equal(res.headers.get('docker-content-digest'), blob.digest);
         assert.equal(res.body.length, blob.size);
-        assert.equal(sha256(res.body), blob.digest);
+        assert.equal(digestOf(res.body), blob.digest);
         assert.deepEqual(res.body, await readFile(image.blobPath(blob.digest)));
       }
       const top = image.layers[2];
@@ -152,7 +148,7 @@ describe('cluster test components', function () {
         const started = performance.now();
         const res = await get(`${proxy.url}/v2/lcfs-test/rand/blobs/${big.digest}`);
         const elapsed = performance.now() - started;
-        assert.equal(sha256(res.body), big.digest);
+        assert.equal(digestOf(res.body), big.digest);
         // 8 MiB at 20 MB/s is 420 ms, less one burst of 1 MB.
         assert.ok(elapsed > 250, `8 MiB took only ${elapsed.toFixed(0)} ms at 20 MB/s`);
       } finally {
@@ -215,7 +211,7 @@ describe('cluster test components', function () {
           authorization: basicAuthorization(creds),
         });
         assert.equal(authed.status, 200);
-        assert.equal(sha256(authed.body), image.layers[0].digest);
+        assert.equal(digestOf(authed.body), image.layers[0].digest);
       }
       const gets = await registry.blobGets();
       assert.equal(gets.get(image.layers[0].digest)?.gets, 2);

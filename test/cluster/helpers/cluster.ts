@@ -21,6 +21,9 @@ import { Etcd } from './etcd.js';
 import { pushRandomImage, type RandomImage, type RandomImageSpec } from './random-images.js';
 import { UpstreamProxy } from './upstream-proxy.js';
 import { MANIFEST_TYPES } from '../../../cluster/upstream-registry.js';
+import { digestOf } from '../../../cluster/digest.js';
+import assert from 'node:assert/strict';
+import { sleep } from '../../helpers/cleanup.js';
 
 export interface TestClusterOptions {
   /** How many agents to start. */
@@ -156,7 +159,7 @@ export async function pullThroughMirror(
       blobs.set(digest, await fetchBlobDigest(mirrorAddress, image.name, digest, headers));
     }),
   );
-  return { manifestDigest: sha256Of(body), blobs };
+  return { manifestDigest: digestOf(body), blobs };
 }
 
 /** GETs one blob through a mirror and returns the sha256 of what arrived. */
@@ -175,10 +178,6 @@ export async function fetchBlobDigest(
   return `sha256:${hash.digest('hex')}`;
 }
 
-function sha256Of(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-}
-
 /**
  * The value of one sample from an agent's Prometheus /metrics, 0 when absent. `labels` is the
  * label set as Prometheus prints it, e.g. `reason="corrupt"`.
@@ -191,4 +190,30 @@ export async function metricValue(apiAddress: string, name: string, labels = '')
     if (line.slice(0, space) === wanted) return Number(line.slice(space + 1));
   }
   return 0;
+}
+
+/** Every blob of an image: its config, then its layers. */
+export function digestsOf(image: RandomImage): string[] {
+  return [image.config.digest, ...image.layers.map((layer) => layer.digest)];
+}
+
+/** Asserts a pull got the image's manifest and every blob's bytes. */
+export function assertPulledRight(pulled: PulledImage, image: RandomImage): void {
+  assert.equal(pulled.manifestDigest, image.manifest.digest);
+  for (const digest of digestsOf(image)) {
+    assert.equal(pulled.blobs.get(digest), digest, `blob ${digest} arrived with other bytes`);
+  }
+}
+
+/** Polls `check` every 100 ms until it holds; throws naming `what` after `timeoutMs`. */
+export async function until(
+  what: string,
+  check: () => Promise<boolean>,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
 }

@@ -33,6 +33,7 @@ import { execOk } from '../../docker/helpers/exec.js';
 import { labelledBytes } from '../../fs/helpers/prng.js';
 import { END_OF_ARCHIVE, encodeUstarHeader, tarPadding } from '../../fs/helpers/tar.js';
 import type { Registry } from '../../helpers/registry.js';
+import { digestOf } from '../../../cluster/digest.js';
 
 export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 export const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
@@ -118,7 +119,7 @@ async function writeJsonBlob(
   value: unknown,
 ): Promise<Descriptor> {
   const bytes = Buffer.from(JSON.stringify(value));
-  const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  const digest = digestOf(bytes);
   await writeFile(blobPathIn(layoutDir, digest), bytes);
   return { mediaType, digest, size: bytes.length };
 }
